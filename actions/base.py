@@ -1,0 +1,135 @@
+"""The action contract.
+
+An action is one small class: typed parameters (a pydantic model), the IAM permissions it
+needs, a risk tier, `plan()` that only reads and returns the changes it would make (each with
+the value it replaces), and `apply()` that performs exactly one planned change. The engine
+passes the AWS session in through `ActionContext`; actions never build sessions or clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from runner.aws import AwsSession
+    from runner.config import Config, RiskTier
+    from runner.incident import Incident
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = TypeVar("P", bound="Params")
+
+Outcome = Literal["applied", "already_done"]
+
+
+class Params(BaseModel):
+    """Base for an action's parameters: unknown names are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    pass
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One AWS write: the operation, its target ARN, the call's parameters, and what it replaces."""
+
+    operation: str
+    target: str
+    params: dict[str, Any]
+    previous: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Identity of the change (what it does, not why): used for approvals and idempotency."""
+        body = canonical({"op": self.operation, "target": self.target, "params": self.params})
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation, "target": self.target, "params": self.params,
+            "previous": self.previous, "reason": self.reason,
+        }
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> Change:
+        return Change(
+            operation=doc["operation"], target=doc["target"], params=dict(doc["params"]),
+            previous=dict(doc.get("previous") or {}), reason=doc.get("reason", ""),
+        )
+
+
+@dataclass
+class Plan:
+    """What a step would do. Empty `changes` means the step's goal already holds."""
+
+    changes: list[Change] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    manual: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(",".join(sorted(c.digest for c in self.changes)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ActionContext:
+    """Everything an action may use. Built by the engine once per run."""
+
+    aws: AwsSession
+    incident: Incident
+    config: Config
+    run_id: str
+    started_at: datetime
+    fanout_pool: ThreadPoolExecutor
+    protected: Callable[[str, str], bool]
+
+    def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """Run `fn` over `items` concurrently (bounded); results in input order."""
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        return list(self.fanout_pool.map(fn, items))
+
+
+class Action(ABC, Generic[P]):
+    """Base class of every action. Subclasses set the class attributes and implement plan/apply."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params_model: ClassVar[type[Params]] = NoParams
+    permissions: ClassVar[tuple[str, ...]] = ()
+    risk: ClassVar[RiskTier]
+    #: name under which the plan's outputs are visible to templates besides steps.<id>
+    publishes: ClassVar[str | None] = None
+    #: apply this step's changes one after another instead of concurrently
+    ordered: ClassVar[bool] = False
+
+    @abstractmethod
+    def plan(self, ctx: ActionContext, params: P) -> Plan:
+        """Read live state; return the changes needed. Must not write."""
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        """Perform one planned change. Read-only actions have no changes to apply."""
+        raise NotImplementedError(f"{self.name} plans no changes; nothing to apply")
+
+    def check(self, ctx: ActionContext, params: P) -> list[str]:
+        """Action-specific verification after applying; returns failures (empty: verified)."""
+        return []

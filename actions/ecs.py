@@ -1,0 +1,248 @@
+"""ECS containment (reversible: scale to zero, stop tasks) and eradication (irreversible)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
+from actions.common import ClusterRef, ServiceRef, TaskDefinitionRef, TaskRef, is_code, paginate
+from actions.registry import register
+
+GONE = ("ServiceNotFoundException", "ServiceNotActiveException", "ClusterNotFoundException")
+
+
+class ServicesParams(Params):
+    services: list[ServiceRef]
+
+
+def _region(ctx: ActionContext, ref_region: str) -> str:
+    return ref_region or ctx.incident.region
+
+
+def _by_cluster(ctx: ActionContext, services: list[ServiceRef]) -> dict[tuple[str, str], list[ServiceRef]]:
+    grouped: dict[tuple[str, str], list[ServiceRef]] = defaultdict(list)
+    for s in services:
+        grouped[(_region(ctx, s.region), s.cluster)].append(s)
+    return grouped
+
+
+def _describe_services(ecs: Any, cluster: str, names: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(names), 10):
+        try:
+            out += ecs.describe_services(cluster=cluster, services=names[i:i + 10])["services"]
+        except ClientError as exc:
+            if not is_code(exc, *GONE):
+                raise
+    return out
+
+
+@register
+class ScaleServicesToZero(Action[ServicesParams]):
+    """Set desiredCount to 0 (the previous count is recorded for rollback)."""
+
+    name = "ecs.scale-services-to-zero"
+    summary = "Scale ECS services to 0 tasks (previous desiredCount recorded)"
+    params_model = ServicesParams
+    permissions = ("ecs:DescribeServices", "ecs:UpdateService")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: ServicesParams) -> Plan:
+        def read(key: tuple[tuple[str, str], list[ServiceRef]]) -> list[Change]:
+            (region, cluster), refs = key
+            ecs = ctx.aws.client("ecs", region)
+            return [
+                Change("ecs:UpdateService", svc["serviceArn"],
+                       {"cluster": cluster, "service": svc["serviceName"], "desiredCount": 0},
+                       previous={"desiredCount": svc["desiredCount"]},
+                       reason=f"service {cluster}/{svc['serviceName']} in {region}")
+                for svc in _describe_services(ecs, cluster, [r.name for r in refs])
+                if svc.get("status") == "ACTIVE" and svc.get("desiredCount", 0) > 0
+            ]
+
+        return Plan(changes=[c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        region = change.target.split(":")[3]
+        try:
+            ctx.aws.client("ecs", region).update_service(**change.params)
+        except ClientError as exc:
+            if is_code(exc, *GONE):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class TasksParams(Params):
+    services: list[ServiceRef] = []
+    tasks: list[TaskRef] = []
+
+
+@register
+class StopTasks(Action[TasksParams]):
+    """Stop the running tasks of in-scope services and in-scope standalone tasks.
+
+    A task belongs to a service only when its `group` is `service:NAME` (moto's list_tasks does
+    not filter by serviceName, and neither does this action trust it)."""
+
+    name = "ecs.stop-tasks"
+    summary = "Stop running tasks of in-scope services and standalone miner tasks (reason names the incident)"
+    params_model = TasksParams
+    permissions = ("ecs:ListTasks", "ecs:DescribeTasks", "ecs:StopTask")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: TasksParams) -> Plan:
+        reason = f"stanch containment of incident {ctx.incident.id}"
+        clusters: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+        for s in params.services:
+            clusters[(_region(ctx, s.region), s.cluster)][0].add(s.name)
+        for t in params.tasks:
+            clusters[(_region(ctx, t.region), t.cluster)][1].add(t.arn.rsplit("/", 1)[-1])
+
+        def read(item: tuple[tuple[str, str], tuple[set[str], set[str]]]) -> list[Change]:
+            (region, cluster), (services, task_ids) = item
+            ecs = ctx.aws.client("ecs", region)
+            try:
+                arns = list(paginate(ecs, "list_tasks", "taskArns", cluster=cluster, desiredStatus="RUNNING"))
+            except ClientError as exc:
+                if is_code(exc, *GONE):
+                    return []
+                raise
+            changes = []
+            for i in range(0, len(arns), 100):
+                for task in ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100])["tasks"]:
+                    group = task.get("group", "")
+                    tid = task["taskArn"].rsplit("/", 1)[-1]
+                    owner = group.split(":", 1)[1] if group.startswith("service:") else None
+                    if task.get("desiredStatus") != "RUNNING" or not (owner in services or tid in task_ids):
+                        continue
+                    why = f"task of service {cluster}/{owner}" if owner in services else "in-scope standalone task"
+                    changes.append(Change("ecs:StopTask", task["taskArn"],
+                                          {"cluster": cluster, "task": task["taskArn"], "reason": reason},
+                                          previous={"desiredStatus": "RUNNING", "group": group}, reason=why))
+            return changes
+
+        return Plan(changes=[c for cs in ctx.fanout(read, list(clusters.items())) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        region = change.target.split(":")[3]
+        try:
+            ctx.aws.client("ecs", region).stop_task(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "InvalidParameterException", *GONE):
+                return "already_done"
+            raise
+        return "applied"
+
+
+# ------------------------------------------------------------------ eradication (irreversible)
+
+@register
+class DeleteServices(Action[ServicesParams]):
+    name = "ecs.delete-services"
+    summary = "Delete ECS services (eradication, irreversible)"
+    params_model = ServicesParams
+    permissions = ("ecs:DescribeServices", "ecs:DeleteService")
+    risk = "irreversible"
+
+    def plan(self, ctx: ActionContext, params: ServicesParams) -> Plan:
+        def read(key: tuple[tuple[str, str], list[ServiceRef]]) -> list[Change]:
+            (region, cluster), refs = key
+            ecs = ctx.aws.client("ecs", region)
+            return [Change("ecs:DeleteService", svc["serviceArn"],
+                           {"cluster": cluster, "service": svc["serviceName"], "force": True},
+                           previous={"status": svc["status"], "taskDefinition": svc.get("taskDefinition"),
+                                     "desiredCount": svc.get("desiredCount")},
+                           reason=f"eradicate service {cluster}/{svc['serviceName']}")
+                    for svc in _describe_services(ecs, cluster, [r.name for r in refs])
+                    if svc.get("status") == "ACTIVE"]
+
+        return Plan(changes=[c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("ecs", change.target.split(":")[3]).delete_service(**change.params)
+        except ClientError as exc:
+            if is_code(exc, *GONE):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class TaskDefinitionsParams(Params):
+    task_definitions: list[TaskDefinitionRef]
+
+
+@register
+class DeregisterTaskDefinitions(Action[TaskDefinitionsParams]):
+    name = "ecs.deregister-task-definitions"
+    summary = "Deregister task definitions (eradication, irreversible)"
+    params_model = TaskDefinitionsParams
+    permissions = ("ecs:DescribeTaskDefinition", "ecs:DeregisterTaskDefinition")
+    risk = "irreversible"
+
+    def plan(self, ctx: ActionContext, params: TaskDefinitionsParams) -> Plan:
+        def read(ref: TaskDefinitionRef) -> Change | None:
+            region = ref.region or ref.arn.split(":")[3]
+            try:
+                td = ctx.aws.client("ecs", region).describe_task_definition(taskDefinition=ref.arn)["taskDefinition"]
+            except ClientError as exc:
+                if is_code(exc, "ClientException"):
+                    return None
+                raise
+            if td.get("status") != "ACTIVE":
+                return None
+            return Change("ecs:DeregisterTaskDefinition", td["taskDefinitionArn"],
+                          {"taskDefinition": td["taskDefinitionArn"]}, previous={"status": "ACTIVE"},
+                          reason="eradicate the miner's task definition")
+
+        unique = list({r.arn: r for r in params.task_definitions}.values())
+        return Plan(changes=[c for c in ctx.fanout(read, unique) if c])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        ctx.aws.client("ecs", change.target.split(":")[3]).deregister_task_definition(**change.params)
+        return "applied"
+
+
+class ClustersParams(Params):
+    clusters: list[ClusterRef]
+
+
+@register
+class DeleteClusters(Action[ClustersParams]):
+    """Delete clusters that hold no other active service (a shared cluster is left alone)."""
+
+    name = "ecs.delete-clusters"
+    summary = "Delete ECS clusters left empty by eradication (irreversible)"
+    params_model = ClustersParams
+    permissions = ("ecs:DescribeClusters", "ecs:ListServices", "ecs:DescribeServices", "ecs:DeleteCluster")
+    risk = "irreversible"
+    ordered = True
+
+    def plan(self, ctx: ActionContext, params: ClustersParams) -> Plan:
+        changes, notes = [], []
+        for ref in {(c.region, c.name): c for c in params.clusters}.values():
+            ecs = ctx.aws.client("ecs", _region(ctx, ref.region))
+            found = ecs.describe_clusters(clusters=[ref.name])["clusters"]
+            if not found or found[0].get("status") != "ACTIVE":
+                continue
+            arns = list(paginate(ecs, "list_services", "serviceArns", cluster=ref.name))
+            active = [s["serviceName"] for s in _describe_services(ecs, ref.name, arns) if s.get("status") == "ACTIVE"]
+            if active:
+                notes.append(f"cluster {ref.name} still has active services ({', '.join(active)}): left in place")
+                continue
+            changes.append(Change("ecs:DeleteCluster", found[0]["clusterArn"], {"cluster": ref.name},
+                                  previous={"status": "ACTIVE"}, reason=f"eradicate empty cluster {ref.name}"))
+        return Plan(changes=changes, notes=notes)
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("ecs", change.target.split(":")[3]).delete_cluster(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "ClusterNotFoundException"):
+                return "already_done"
+            raise
+        return "applied"

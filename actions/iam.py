@@ -1,0 +1,392 @@
+"""IAM containment actions. Each is reversible and records the value it replaces."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
+from actions.common import AccessKeyRef, GroupRef, RoleRef, UserRef, is_code, iso, paginate, user_arn
+from actions.registry import register
+
+QUARANTINE_POLICY = "stanch-quarantine"
+
+
+class KeysParams(Params):
+    access_keys: list[AccessKeyRef]
+
+
+@register
+class DeactivateAccessKeys(Action[KeysParams]):
+    """Set access keys Inactive (never deleted in containment; reactivate to roll back)."""
+
+    name = "iam.deactivate-access-keys"
+    summary = "Deactivate access keys (reversible: previous status recorded)"
+    params_model = KeysParams
+    permissions = ("iam:ListAccessKeys", "iam:UpdateAccessKey")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: KeysParams) -> Plan:
+        iam = ctx.aws.client("iam")
+        wanted: dict[str, set[str]] = {}
+        for k in params.access_keys:
+            wanted.setdefault(k.user, set()).add(k.id)
+
+        def read(user: str) -> list[Change]:
+            try:
+                metas = list(paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=user))
+            except ClientError as exc:
+                if is_code(exc, "NoSuchEntity"):
+                    return []  # the user is gone, and its keys with it
+                raise
+            return [
+                Change("iam:UpdateAccessKey", user_arn(ctx.incident.account_id, user),
+                       {"UserName": user, "AccessKeyId": m["AccessKeyId"], "Status": "Inactive"},
+                       previous={"Status": m["Status"]}, reason=f"access key {m['AccessKeyId']} of {user}")
+                for m in metas if m["AccessKeyId"] in wanted[user] and m["Status"] == "Active"
+            ]
+
+        return Plan(changes=[c for changes in ctx.fanout(read, sorted(wanted)) for c in changes])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("iam").update_access_key(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class UsersParams(Params):
+    users: list[UserRef]
+
+
+@register
+class DeleteLoginProfiles(Action[UsersParams]):
+    """Delete console passwords. Recorded as existing; roll back by creating a new login profile."""
+
+    name = "iam.delete-login-profiles"
+    summary = "Delete console login profiles of users (records that one existed)"
+    params_model = UsersParams
+    permissions = ("iam:GetLoginProfile", "iam:DeleteLoginProfile")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: UsersParams) -> Plan:
+        iam = ctx.aws.client("iam")
+
+        def read(user: UserRef) -> Change | None:
+            try:
+                lp = iam.get_login_profile(UserName=user.name)["LoginProfile"]
+            except ClientError as exc:
+                if is_code(exc, "NoSuchEntity"):
+                    return None
+                raise
+            return Change("iam:DeleteLoginProfile", user.arn or user_arn(ctx.incident.account_id, user.name),
+                          {"UserName": user.name},
+                          previous={"LoginProfile": "present", "CreateDate": iso(lp.get("CreateDate")),
+                                    "PasswordResetRequired": lp.get("PasswordResetRequired", False)},
+                          reason=f"console password of {user.name}")
+
+        return Plan(changes=[c for c in ctx.fanout(read, params.users) if c])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("iam").delete_login_profile(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+@register
+class DeactivateMfaDevices(Action[UsersParams]):
+    """Deactivate MFA devices the attacker registered: all devices of users created in the incident
+    window, and devices enabled inside the window on other in-scope users."""
+
+    name = "iam.deactivate-mfa-devices"
+    summary = "Deactivate MFA devices registered by the attacker"
+    params_model = UsersParams
+    permissions = ("iam:ListMFADevices", "iam:DeactivateMFADevice")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: UsersParams) -> Plan:
+        iam = ctx.aws.client("iam")
+        start = ctx.incident.window_start_dt
+
+        def read(user: UserRef) -> list[Change]:
+            try:
+                devices = list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=user.name))
+            except ClientError as exc:
+                if is_code(exc, "NoSuchEntity"):
+                    return []
+                raise
+            return [
+                Change("iam:DeactivateMFADevice", user.arn or user_arn(ctx.incident.account_id, user.name),
+                       {"UserName": user.name, "SerialNumber": d["SerialNumber"]},
+                       previous={"Enabled": True, "EnableDate": iso(d.get("EnableDate"))},
+                       reason=f"MFA device of {user.name}")
+                for d in devices
+                if user.created_in_window or (start is not None and d.get("EnableDate") and d["EnableDate"] >= start)
+            ]
+
+        return Plan(changes=[c for cs in ctx.fanout(read, params.users) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("iam").deactivate_mfa_device(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class PrincipalsParams(Params):
+    users: list[UserRef] = []
+    roles: list[RoleRef] = []
+
+
+def quarantine_document(issued_before: str) -> dict[str, Any]:
+    """Deny everything; the second statement keeps sessions issued before containment dead even
+    if the first is later removed to restore limited access."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "StanchQuarantineDenyAll", "Effect": "Deny", "Action": "*", "Resource": "*"},
+            {"Sid": "StanchRevokeOlderSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
+             "Condition": {"DateLessThan": {"aws:TokenIssueTime": issued_before}}},
+        ],
+    }
+
+
+def _is_quarantine(doc: Any) -> bool:
+    if isinstance(doc, str):
+        doc = json.loads(doc)
+    stmts = doc.get("Statement", []) if isinstance(doc, dict) else []
+    stmts = stmts if isinstance(stmts, list) else [stmts]
+    return any(s.get("Sid") == "StanchQuarantineDenyAll" and s.get("Effect") == "Deny" for s in stmts)
+
+
+@register
+class QuarantinePrincipals(Action[PrincipalsParams]):
+    """Attach an inline deny-all policy (with an aws:TokenIssueTime condition) to users and roles."""
+
+    name = "iam.quarantine-principals"
+    summary = "Attach an inline deny-all policy that also kills already-issued sessions"
+    params_model = PrincipalsParams
+    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:GetRolePolicy", "iam:PutRolePolicy")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: PrincipalsParams) -> Plan:
+        iam = ctx.aws.client("iam")
+        cutoff = ctx.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        doc = json.dumps(quarantine_document(cutoff))
+        acct = ctx.incident.account_id
+        items = [("user", u.name, u.arn or user_arn(acct, u.name)) for u in params.users]
+        items += [("role", r.name, r.arn or f"arn:aws:iam::{acct}:role/{r.name}") for r in params.roles]
+
+        def read(item: tuple[str, str, str]) -> Change | None:
+            kind, name, arn = item
+            key = "UserName" if kind == "user" else "RoleName"
+            try:
+                if kind == "user":
+                    current = iam.get_user_policy(UserName=name, PolicyName=QUARANTINE_POLICY)["PolicyDocument"]
+                else:
+                    current = iam.get_role_policy(RoleName=name, PolicyName=QUARANTINE_POLICY)["PolicyDocument"]
+            except ClientError as exc:
+                if not is_code(exc, "NoSuchEntity"):
+                    raise
+                current = None
+            if current is not None and _is_quarantine(current):
+                return None
+            op = "iam:PutUserPolicy" if kind == "user" else "iam:PutRolePolicy"
+            return Change(op, arn, {key: name, "PolicyName": QUARANTINE_POLICY, "PolicyDocument": doc},
+                          previous={"PolicyDocument": current},
+                          reason=f"deny all actions by {kind} {name}, including sessions issued before {cutoff}")
+
+        return Plan(changes=[c for c in ctx.fanout(read, items) if c])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        iam = ctx.aws.client("iam")
+        try:
+            if change.operation == "iam:PutUserPolicy":
+                iam.put_user_policy(**change.params)
+            else:
+                iam.put_role_policy(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"  # the principal was deleted: nothing left to quarantine
+            raise
+        return "applied"
+
+
+@register
+class RemoveFromGroups(Action[UsersParams]):
+    """Remove users from every group they belong to (group names recorded for rollback)."""
+
+    name = "iam.remove-from-groups"
+    summary = "Remove users from their IAM groups (memberships recorded)"
+    params_model = UsersParams
+    permissions = ("iam:ListGroupsForUser", "iam:RemoveUserFromGroup")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: UsersParams) -> Plan:
+        iam = ctx.aws.client("iam")
+
+        def read(user: UserRef) -> list[Change]:
+            try:
+                groups = list(paginate(iam, "list_groups_for_user", "Groups", UserName=user.name))
+            except ClientError as exc:
+                if is_code(exc, "NoSuchEntity"):
+                    return []
+                raise
+            return [Change("iam:RemoveUserFromGroup", user.arn or user_arn(ctx.incident.account_id, user.name),
+                           {"GroupName": g["GroupName"], "UserName": user.name},
+                           previous={"MemberOf": g["GroupName"]}, reason=f"{user.name} in group {g['GroupName']}")
+                    for g in groups]
+
+        return Plan(changes=[c for cs in ctx.fanout(read, params.users) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        try:
+            ctx.aws.client("iam").remove_user_from_group(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class AdminParams(Params):
+    users: list[UserRef] = []
+    groups: list[GroupRef] = []
+    roles: list[RoleRef] = []
+
+
+def grants_everything(doc: Any) -> bool:
+    """True when a policy document allows Action * on Resource *."""
+    if isinstance(doc, str):
+        doc = json.loads(doc)
+    stmts = doc.get("Statement", []) if isinstance(doc, dict) else []
+    for s in stmts if isinstance(stmts, list) else [stmts]:
+        if s.get("Effect") != "Allow" or "NotAction" in s or "Condition" in s:
+            continue
+        actions = s.get("Action", [])
+        resources = s.get("Resource", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = [resources] if isinstance(resources, str) else resources
+        if "*" in actions and "*" in resources:
+            return True
+    return False
+
+
+@register
+class DetachAdminPolicies(Action[AdminParams]):
+    """Detach AdministratorAccess (and any managed policy granting * on *) from in-scope principals."""
+
+    name = "iam.detach-admin-policies"
+    summary = "Detach AdministratorAccess and any policy granting * on * from in-scope principals"
+    params_model = AdminParams
+    permissions = ("iam:ListAttachedUserPolicies", "iam:ListAttachedGroupPolicies",
+                   "iam:ListAttachedRolePolicies", "iam:GetPolicy", "iam:GetPolicyVersion",
+                   "iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: AdminParams) -> Plan:
+        iam = ctx.aws.client("iam")
+        admin = {*ctx.config.discovery.admin_policy_arns, *ctx.incident.indicators.policy_arns}
+        verdicts: dict[str, bool] = {}
+
+        def is_admin(arn: str) -> bool:
+            if arn in admin:
+                return True
+            if arn.startswith("arn:aws:iam::aws:"):
+                return False  # other AWS-managed policies are scoped
+            if arn not in verdicts:
+                version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+                doc = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+                verdicts[arn] = grants_everything(doc)
+            return verdicts[arn]
+
+        kinds = {"user": ("list_attached_user_policies", "UserName", "iam:DetachUserPolicy"),
+                 "group": ("list_attached_group_policies", "GroupName", "iam:DetachGroupPolicy"),
+                 "role": ("list_attached_role_policies", "RoleName", "iam:DetachRolePolicy")}
+        acct = ctx.incident.account_id
+        items = [("user", u.name, u.arn or user_arn(acct, u.name)) for u in params.users]
+        items += [("group", g.name, g.arn or f"arn:aws:iam::{acct}:group/{g.name}") for g in params.groups]
+        items += [("role", r.name, r.arn or f"arn:aws:iam::{acct}:role/{r.name}") for r in params.roles]
+
+        def read(item: tuple[str, str, str]) -> list[tuple[str, str, str, str]]:
+            kind, name, arn = item
+            op, key, _ = kinds[kind]
+            try:
+                return [(kind, name, arn, p["PolicyArn"])
+                        for p in paginate(iam, op, "AttachedPolicies", **{key: name})]
+            except ClientError as exc:
+                if is_code(exc, "NoSuchEntity"):
+                    return []
+                raise
+
+        changes = []
+        for kind, name, arn, policy in [a for attached in ctx.fanout(read, items) for a in attached]:
+            if is_admin(policy):
+                _, key, op = kinds[kind]
+                changes.append(Change(op, arn, {key: name, "PolicyArn": policy}, previous={"Attached": policy},
+                                      reason=f"{policy.rsplit('/', 1)[-1]} attached to in-scope {kind} {name}"))
+        return Plan(changes=changes)
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        iam = ctx.aws.client("iam")
+        call = {"iam:DetachUserPolicy": iam.detach_user_policy, "iam:DetachGroupPolicy": iam.detach_group_policy,
+                "iam:DetachRolePolicy": iam.detach_role_policy}[change.operation]
+        try:
+            call(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+class RootParams(Params):
+    access_key_id: str | None = None
+
+
+@register
+class ContainRootCredentials(Action[RootParams]):
+    """Root access keys cannot be deleted with the account's own IAM API. Without an AWS
+    Organizations role configured this step hands the responder the exact manual steps."""
+
+    name = "iam.contain-root-credentials"
+    summary = "Root access keys: manual deletion steps (or Organizations path when configured)"
+    params_model = RootParams
+    permissions = ("iam:GetAccountSummary",)
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: RootParams) -> Plan:
+        summary = ctx.aws.client("iam").get_account_summary()["SummaryMap"]
+        if int(summary.get("AccountAccessKeysPresent", 0)) == 0:
+            return Plan(notes=["the account reports no root access keys: nothing to revoke"])
+        key = params.access_key_id or "(the key id is not in the incident; see the root user's security credentials)"
+        acct = ctx.incident.account_id
+        steps = [
+            f"Root access key {key} of account {acct} must be deleted by a person:",
+            f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user).",
+            "  2. Open the account menu > Security credentials > Access keys.",
+            f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
+            "root access key too: the root user should have none.",
+            "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
+            "  5. Then run `stanch resume` or re-run this incident: the step verifies AccountAccessKeysPresent = 0.",
+        ]
+        if ctx.config.root.organizations_role_arn:
+            steps.append("  (An Organizations role is configured, but the SCP / sts:AssumeRoot path is not "
+                         "available in this version of stanch.)")
+        return Plan(manual=["\n".join(steps)],
+                    notes=[f"root access keys present: {summary.get('AccountAccessKeysPresent')}"])
+
+    def check(self, ctx: ActionContext, params: RootParams) -> list[str]:
+        return []

@@ -1,0 +1,1 @@
+"""Packaged playbooks (YAML data); loaded with importlib.resources."""

@@ -1,0 +1,3 @@
+"""stanch: automated containment playbooks for AWS incidents."""
+
+__version__ = "0.1.0"

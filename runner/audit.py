@@ -1,0 +1,171 @@
+"""Logging: structlog events to a JSON-lines audit log (hash-chained) and human progress on stderr.
+
+Every event passes the redaction processor first, so secret access keys, session tokens and
+passwords never reach stderr, the audit log or anything built from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+REDACTED = "[REDACTED]"
+_SECRET_KEY = re.compile(r"(secret|password|passwd|session_?token|sessiontoken|credentials|private_?key)", re.I)
+# AWS secret access keys: 40 chars of base64 with mixed case; session tokens: long base64 runs.
+_SECRET_VALUE = re.compile(
+    r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+    r"|[A-Za-z0-9/+=]{100,}"
+)
+AUDIT_FIELDS = ("run_id", "incident_id", "playbook", "step", "action", "target", "operation",
+                "dry_run", "outcome", "duration_ms")
+GENESIS = "0" * 64
+
+
+def redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact_value(v))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v) for v in value]
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: blank secret-named fields and secret-shaped strings, recursively."""
+    return redact_value(event_dict)  # type: ignore[no-any-return]
+
+
+def add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict.setdefault("ts", datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return event_dict
+
+
+def line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+class AuditLog:
+    """Append-only JSON lines; each line carries `prev`, the SHA-256 of the line before it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._prev = self._last_hash()
+
+    def _last_hash(self) -> str:
+        if not self.path.exists():
+            return GENESIS
+        last = ""
+        with self.path.open("rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    last = raw.decode("utf-8").rstrip("\n")
+        return line_hash(last) if last else GENESIS
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            record = {k: event.get(k) for k in AUDIT_FIELDS}
+            record.update(event)
+            record["prev"] = self._prev
+            line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._prev = line_hash(line)
+
+
+def verify_chain(path: Path) -> list[str]:
+    """Problems with the audit log's hash chain (empty: intact)."""
+    problems: list[str] = []
+    prev = GENESIS
+    with path.open("r", encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, 1):
+            line = raw.rstrip("\n")
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                problems.append(f"line {n}: not JSON (edited)")
+                prev = line_hash(line)
+                continue
+            if rec.get("prev") != prev:
+                problems.append(f"line {n}: chain broken (a line before it was edited, deleted or reordered, "
+                                f"or this one was)")
+            prev = line_hash(line)
+    return problems
+
+
+_LABELS = {
+    "run.started": "run", "run.status": "status", "run.finished": "done",
+    "step.planned": "plan", "step.noop": "noop", "step.applied": "applied", "step.failed": "FAILED",
+    "step.skipped": "skipped", "step.refused": "REFUSED", "step.manual": "MANUAL",
+    "step.awaiting_approval": "waiting", "approval.recorded": "approved", "approval.stale": "drift",
+    "change.started": "→", "change.applied": "✔", "change.already_done": "=", "change.failed": "✘",
+    "verify.ok": "verified", "verify.failed": "UNVERIFIED",
+}
+
+
+def render_human(event: dict[str, Any]) -> str:
+    name = str(event.get("event", ""))
+    label = _LABELS.get(name, name)
+    ts = str(event.get("ts", ""))[11:19]
+    step = event.get("step") or ""
+    parts = []
+    for key in ("operation", "target", "changes", "outcome", "status", "by", "message", "error"):
+        if event.get(key) not in (None, "", []):
+            val = event[key]
+            parts.append(str(val) if key in ("operation", "target", "message") else f"{key}={val}")
+    if event.get("duration_ms") is not None and name.startswith(("change.", "step.")):
+        parts.append(f"({event['duration_ms']} ms)")
+    return f"{ts} {label:<10} {step:<26} {' '.join(parts)}".rstrip()
+
+
+class EventSink:
+    """The final structlog 'logger': writes each event to the audit log and renders it on stderr."""
+
+    def __init__(self, audit: AuditLog | None, stream: TextIO | None) -> None:
+        self.audit = audit
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def msg(self, event: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.write(event)
+        if self.stream is not None and event.get("event") != "change.started":
+            with self._lock:
+                self.stream.write(render_human(event) + "\n")
+                self.stream.flush()
+
+    info = warning = error = debug = msg
+
+
+def _dict_passthrough(_: WrappedLogger, __: str, event_dict: EventDict) -> Any:
+    return (dict(event_dict),), {}
+
+
+def make_logger(audit_path: Path | None, stream: TextIO | None = sys.stderr, **context: Any) -> Any:
+    """A structlog logger bound to `context` (run_id, incident_id, playbook, dry_run)."""
+    sink = EventSink(AuditLog(audit_path) if audit_path else None, stream)
+    logger = structlog.wrap_logger(
+        sink,
+        processors=[add_timestamp, redact, _dict_passthrough],
+        wrapper_class=structlog.BoundLogger,
+    )
+    return logger.bind(**context)

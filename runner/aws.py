@@ -1,0 +1,112 @@
+"""AWS session handling: the only place boto3 clients are built.
+
+`AwsSession` wraps a boto3 session with the run's retry and timeout settings, an optional
+endpoint (moto server in tests and drills), a per-operation call counter, and the dry-run
+guarantee: when `dry_run` is set, a botocore `before-call` hook refuses every operation that
+is not a read before a request is signed or sent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from runner.config import AwsSection
+from runner.errors import DryRunViolation
+
+READ_PREFIXES = ("Describe", "List", "Get", "Lookup", "Search", "Head", "BatchGet", "Query", "Scan", "Simulate")
+
+
+def is_read_operation(operation: str) -> bool:
+    """True for operations that only read (by the AWS naming convention)."""
+    return operation.startswith(READ_PREFIXES)
+
+
+@dataclass(frozen=True)
+class Identity:
+    account: str
+    arn: str
+    principal_arn: str  # the IAM user or role behind an assumed-role session
+
+    @staticmethod
+    def from_caller(resp: dict[str, Any]) -> Identity:
+        arn = str(resp["Arn"])
+        principal = arn
+        if ":assumed-role/" in arn:
+            role = arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+            principal = f"arn:aws:iam::{resp['Account']}:role/{role}"
+        return Identity(account=str(resp["Account"]), arn=arn, principal_arn=principal)
+
+
+class AwsSession:
+    """A boto3 session for one run. Thread-safe: clients are created once under a lock."""
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        profile: str | None = None,
+        endpoint_url: str | None = None,
+        settings: AwsSection | None = None,
+        dry_run: bool = False,
+        max_pool_connections: int = 16,
+        boto_session: boto3.Session | None = None,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url or None
+        self.dry_run = dry_run
+        self._settings = settings or AwsSection()
+        self._session = boto_session or boto3.Session(profile_name=profile, region_name=region)
+        self._boto_config = BotoConfig(
+            retries={"mode": self._settings.retry_mode, "max_attempts": self._settings.max_attempts},
+            connect_timeout=self._settings.connect_timeout,
+            read_timeout=self._settings.read_timeout,
+            max_pool_connections=max_pool_connections,
+            user_agent_extra="stanch/0.1",
+        )
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.refused: list[str] = []
+        self._identity: Identity | None = None
+        self.started = time.monotonic()
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _before_call(self, model: Any, **_: Any) -> None:
+        op = f"{model.service_model.signing_name}:{model.name}"
+        if self.dry_run and not is_read_operation(model.name):
+            with self._lock:
+                self.refused.append(op)
+            raise DryRunViolation(op)
+        with self._lock:
+            self.calls[op] += 1
+
+    # -- clients -------------------------------------------------------------------------
+    def client(self, service: str, region: str | None = None) -> Any:
+        key = (service, region or self.region)
+        with self._lock:
+            existing = self._clients.get(key)
+            if existing is not None:
+                return existing
+            client = self._session.client(
+                service, region_name=key[1], endpoint_url=self.endpoint_url, config=self._boto_config
+            )
+            client.meta.events.register("before-call.*.*", self._before_call)
+            self._clients[key] = client
+            return client
+
+    def identity(self) -> Identity:
+        """The runner's own identity (sts:GetCallerIdentity), fetched once per run."""
+        if self._identity is None:
+            self._identity = Identity.from_caller(self.client("sts").get_caller_identity())
+        return self._identity
+
+    def call_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(sorted(self.calls.items()))

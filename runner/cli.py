@@ -1,0 +1,329 @@
+"""The `stanch` command line (typer). Output contract: ../shared/DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError
+
+from actions.base import Plan
+from runner import __version__
+from runner.engine import RunOptions, default_approver
+from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, StanchError
+from runner.playbook import Step
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="stanch", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Contain AWS incidents with reviewed, journaled, reversible playbooks.\n\n"
+         "Typical use: `stanch run incident.json --dry-run` to see the plan and why each resource is in "
+         "scope, then `stanch run incident.json` to contain (gated steps ask for approval).\n\n"
+         "Exit codes: 0 contained or dry-run planned; 1 partially contained or failed; 2 bad input (nothing "
+         "changed); 3 paused awaiting approval; 4 refused by a guardrail or another run holds the incident; "
+         "5 needs a manual action.",
+)
+playbook_app = typer.Typer(no_args_is_help=True, help="List, validate and draw playbooks.")
+app.add_typer(playbook_app, name="playbook")
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+StateDir = Annotated[str | None, typer.Option("--state-dir", help="Journal, audit log and evidence; "
+                                              "default $STANCH_STATE_DIR, else ./.stanch")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people; json prints exactly "
+                                           "the run document on stdout")]
+ApproveOpt = Annotated[list[str] | None, typer.Option("--approve", help="Pre-approve this gated step "
+                                                      "(repeatable)", metavar="STEP")]
+ApproveAllOpt = Annotated[bool, typer.Option("--approve-all", help="Pre-approve every gated step")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who approves (recorded); default: your login")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded with the approval)")]
+
+
+def err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Bad input and refusals end with their exit code and a message, never a traceback."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StanchError as exc:
+            err(f"stanch: {exc.message}")
+            raise typer.Exit(exc.exit_code) from None
+        except NoCredentialsError:
+            err("stanch: no AWS credentials found; set AWS_PROFILE or --profile, or the AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY variables. Nothing was changed.")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except NoRegionError:
+            err("stanch: no AWS region; pass --region or set AWS_DEFAULT_REGION. Nothing was changed.")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except BotoCoreError as exc:
+            err(f"stanch: AWS unreachable or misconfigured: {exc}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def terminal_prompt(step: Step, plan: Plan) -> bool:
+    err(f"\nStep '{step.id}' ({step.action}) needs approval. It will make {len(plan.changes)} change(s):")
+    for c in plan.changes:
+        prev = f"  (was {json.dumps(c.previous)})" if c.previous else ""
+        err(f"  - {c.operation} {c.target} {json.dumps(c.params)}{prev}")
+        if c.reason:
+            err(f"      why: {c.reason}")
+    return typer.confirm("Apply these changes?", default=False, err=True)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def emit(result: dict[str, Any], output: Output) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    err("")
+    status = result["status"]
+    typer.echo(f"run {result['run_id']}  incident {result['incident_id']}  playbook {result['playbook']}"
+               f"{'  (dry run)' if result.get('dry_run') else ''}")
+    scope = result.get("scope")
+    if scope:
+        typer.echo("\nIn scope:")
+        for kind in ("users", "groups", "roles", "access_keys", "ecs_services", "ecs_tasks"):
+            for item in scope.get(kind, []):
+                typer.echo(f"  {kind[:-1]:<12} {item.get('label', item.get('name', ''))}  -- {item.get('reason', '')}")
+        root = scope.get("root") or {}
+        if root.get("access_keys_present"):
+            typer.echo(f"  root key     {root.get('access_key_id') or '(id unknown)'}  -- {root.get('reason', '')}")
+        if scope.get("excluded"):
+            typer.echo("Left alone:")
+            for item in scope["excluded"]:
+                typer.echo(f"  {item['kind']:<12} {item['name']}  -- {item['reason']}")
+    typer.echo("\nSteps:")
+    for step in result["steps"]:
+        typer.echo(f"  {step['status']:<18} {step['id']:<28} {step['action']}")
+        for c in step["changes"]:
+            typer.echo(f"      {c['status']:<13} {c['operation']} {c['target']}")
+        if step.get("error"):
+            typer.echo(f"      error: {step['error']}")
+        for v in step.get("verification", []):
+            typer.echo(f"      verify: {v}")
+    for m in result.get("manual_actions", []):
+        typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
+    metrics = result.get("metrics") or {}
+    if metrics:
+        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: "
+                   f"{metrics.get('time_to_first_change_s')}s  time to contained: {metrics.get('time_to_contained_s')}s")
+    typer.echo(f"\nstatus: {status}")
+    if status == "awaiting_approval":
+        waiting = [s["id"] for s in result["steps"] if s["status"] == "awaiting_approval"]
+        for s in waiting:
+            typer.echo(f"  approve: stanch approve {result['run_id']} --step {s} --by NAME --reason TEXT")
+        typer.echo(f"  then:    stanch resume {result['run_id']}")
+
+
+@app.command()
+@handle_errors
+def run(
+    incident: Annotated[str, typer.Argument(help="Incident file (native JSON), or - for stdin")],
+    playbook: Annotated[str | None, typer.Option("--playbook", "-p", help="Playbook name or path; default: "
+                                                  "routed from the incident kind by the config")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only: the AWS session refuses every "
+                                          "write before it is sent")] = False,
+    approve: ApproveOpt = None,
+    approve_all: ApproveAllOpt = False,
+    by: ByOpt = None,
+    reason: ReasonOpt = "",
+    max_changes: Annotated[int | None, typer.Option("--max-changes", min=1, help="Raise the per-step cap "
+                                                    "on changes (guardrail) for this run")] = None,
+    state_dir: StateDir = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML; default $STANCH_CONFIG, else "
+                                               "the packaged config/stanch.toml")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="Default: the incident's region")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint "
+                                                     "(e.g. a moto server); also AWS_ENDPOINT_URL")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled."""
+    from runner.incident import load_incident
+    from runner.service import AwsOptions, start_run, state_dir as resolve_state
+
+    inc = load_incident(incident)
+    options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
+                         by=by or default_approver(), reason=reason, max_changes=max_changes)
+    outcome = start_run(
+        inc, playbook_ref=playbook, config_path=config, options=options,
+        aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
+        prompt=terminal_prompt if _interactive() else None,
+    )
+    emit(outcome.result, output)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@handle_errors
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The paused run")],
+    step: Annotated[str, typer.Option("--step", help="The step awaiting approval")],
+    by: ByOpt = None,
+    reason: ReasonOpt = "approved with stanch approve",
+    state_dir: StateDir = None,
+) -> None:
+    """Approve a paused run's step (the plan shown by `stanch status RUN_ID`). Then `stanch resume`."""
+    from runner.service import approve_step, state_dir as resolve_state
+
+    rec = approve_step(run_id, step, by=by or default_approver(), reason=reason, state=resolve_state(state_dir))
+    typer.echo(f"approved {rec.step_id} of {rec.run_id} by {rec.by} (plan {rec.plan_digest}); "
+               f"continue with: stanch resume {run_id}")
+
+
+@app.command()
+@handle_errors
+def resume(
+    run_id: Annotated[str, typer.Argument(help="A paused or interrupted run")],
+    approve: ApproveOpt = None,
+    approve_all: ApproveAllOpt = False,
+    by: ByOpt = None,
+    reason: ReasonOpt = "",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Continue a paused or interrupted run: re-plan what is left and apply only that."""
+    from runner.service import resume_run, state_dir as resolve_state
+
+    options = RunOptions(approve=tuple(approve or ()), approve_all=approve_all, by=by or default_approver(),
+                         reason=reason)
+    outcome = resume_run(run_id, options=options, state=resolve_state(state_dir),
+                         prompt=terminal_prompt if _interactive() else None)
+    emit(outcome.result, output)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@handle_errors
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="A run id; omit to list recent runs")] = None,
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Show one run (steps, changes, approvals) or list the recent runs."""
+    from runner.service import run_status, state_dir as resolve_state
+
+    doc = run_status(run_id, resolve_state(state_dir))
+    if output is Output.json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+    elif isinstance(doc, list):
+        if not doc:
+            typer.echo("no runs in this state directory")
+        for r in doc:
+            typer.echo(f"{r['run_id']}  {r['status']:<20} {r['incident_id']:<20} {r['playbook']}"
+                       f"{'  (dry run)' if r['dry_run'] else ''}  {r['updated_at']}")
+    else:
+        emit(doc, Output.text)
+        for a in doc.get("approvals", []):
+            typer.echo(f"  approval: {a['step']} by {a['by']} at {a['at']} ({a['reason']})")
+
+
+@app.command()
+@handle_errors
+def drill(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan the drill only; nothing changes")] = False,
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """End-to-end containment against a simulated account (in-process moto), then a scorecard."""
+    from runner.drill import run_drill, scorecard_text
+    from runner.service import state_dir as resolve_state
+
+    card = run_drill(dry_run=dry_run, state=resolve_state(state_dir))
+    if output is Output.json:
+        typer.echo(json.dumps(card, indent=2, default=str))
+    else:
+        typer.echo(scorecard_text(card))
+    raise typer.Exit(0 if card["passed"] else EXIT_NOT_CONTAINED)
+
+
+@playbook_app.command("list")
+@handle_errors
+def playbook_list() -> None:
+    """List the packaged playbooks and the registered actions."""
+    from actions.registry import builtin_registry
+    from runner.playbook import load_playbook, packaged_playbooks
+
+    reg = builtin_registry()
+    typer.echo("Playbooks:")
+    for name in packaged_playbooks():
+        pb = load_playbook(name, reg)
+        typer.echo(f"  {name:<28} {len(pb.steps)} steps  {pb.description}")
+    typer.echo("\nActions:")
+    for cls in reg.all():
+        params = ", ".join(cls.params_model.model_fields) or "-"
+        typer.echo(f"  {cls.name:<34} [{cls.risk}] {cls.summary}\n  {'':<34} params: {params}")
+
+
+@playbook_app.command("validate")
+@handle_errors
+def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML file or packaged name")]) -> None:
+    """Check a playbook: every problem is listed with its location. Exit 2 if any."""
+    from actions.registry import builtin_registry
+    from runner.playbook import load_playbook
+
+    pb = load_playbook(path, builtin_registry())
+    typer.echo(f"{pb.source}: ok ({len(pb.steps)} steps)")
+
+
+@playbook_app.command("graph")
+@handle_errors
+def playbook_graph(
+    ref: Annotated[str | None, typer.Argument(help="Playbook name or path")] = None,
+    lifecycle: Annotated[bool, typer.Option("--lifecycle", help="Draw the run lifecycle instead")] = False,
+) -> None:
+    """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run lifecycle."""
+    from actions.registry import builtin_registry
+    from runner.lifecycle import lifecycle_mermaid
+    from runner.playbook import load_playbook
+
+    if lifecycle:
+        typer.echo(lifecycle_mermaid(), nl=False)
+        return
+    if not ref:
+        err("stanch: give a playbook name or path, or --lifecycle")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(load_playbook(ref, builtin_registry()).mermaid(), nl=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stanch {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version")] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+__all__ = ["Path", "app", "main"]

@@ -1,0 +1,115 @@
+"""Configuration: a TOML file validated into a frozen model. Passed explicitly, never global."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runner.errors import InputError, Problem, did_you_mean
+from runner.incident import format_loc
+
+RiskTier = Literal["read-only", "reversible", "irreversible"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunnerSection(_Section):
+    max_workers: int = Field(8, ge=1, le=64)
+    max_changes_per_step: int = Field(50, ge=1)
+
+
+class AwsSection(_Section):
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = Field(4, ge=1, le=10)
+    connect_timeout: float = Field(5, gt=0)
+    read_timeout: float = Field(20, gt=0)
+    extra_regions: list[str] = Field(default_factory=list)
+
+
+class ApprovalSection(_Section):
+    require_for_tiers: list[RiskTier] = Field(default_factory=lambda: ["irreversible"])
+    pre_approved_steps: list[str] = Field(default_factory=list)
+
+
+class GuardrailSection(_Section):
+    protected_principals: list[str] = Field(default_factory=list)
+
+
+class DiscoverySection(_Section):
+    miner_patterns: list[str] = Field(default_factory=lambda: ["xmrig"])
+    admin_policy_arns: list[str] = Field(
+        default_factory=lambda: ["arn:aws:iam::aws:policy/AdministratorAccess"]
+    )
+
+
+class RootSection(_Section):
+    organizations_role_arn: str = ""
+
+
+class Config(_Section):
+    runner: RunnerSection = Field(default_factory=RunnerSection)
+    aws: AwsSection = Field(default_factory=AwsSection)
+    approval: ApprovalSection = Field(default_factory=ApprovalSection)
+    guardrails: GuardrailSection = Field(default_factory=GuardrailSection)
+    discovery: DiscoverySection = Field(default_factory=DiscoverySection)
+    routing: dict[str, str] = Field(default_factory=dict)
+    root: RootSection = Field(default_factory=RootSection)
+    source: str = Field("<defaults>", exclude=True)
+
+    def is_protected(self, name: str, arn: str = "") -> bool:
+        """True when a principal's name or ARN matches a protected pattern."""
+        for pattern in self.guardrails.protected_principals:
+            target = arn if pattern.startswith("arn:") else name
+            if target and fnmatch.fnmatchcase(target, pattern):
+                return True
+        return False
+
+    def route(self, kind: str) -> str | None:
+        if kind in self.routing:
+            return self.routing[kind]
+        for pattern, playbook in self.routing.items():
+            if fnmatch.fnmatchcase(kind, pattern):
+                return playbook
+        return None
+
+
+def default_config_text() -> str:
+    return resources.files("config").joinpath("stanch.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load `path`, else $STANCH_CONFIG, else the packaged default config/stanch.toml."""
+    path = path or os.environ.get("STANCH_CONFIG") or None
+    label = path or "config/stanch.toml (default)"
+    try:
+        text = Path(path).read_text(encoding="utf-8") if path else default_config_text()
+    except OSError as exc:
+        raise InputError(label, [Problem("", f"cannot read config: {exc.strerror}")]) from None
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(label, [Problem("", f"not valid TOML: {exc}")]) from None
+    try:
+        return Config.model_validate({**raw, "source": label})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                section = Config.model_fields.get(str(loc[0])) if len(loc) > 1 else None
+                names: list[str] = list(Config.model_fields)
+                if section is not None and isinstance(section.annotation, type):
+                    names = list(section.annotation.model_fields)
+                msg = f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), names) or '; remove it'}"
+            else:
+                msg = err["msg"]
+            problems.append(Problem(format_loc(loc), msg))
+        raise InputError(label, problems) from None

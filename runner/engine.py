@@ -1,0 +1,502 @@
+"""The run engine: plan, guard, gate, apply, journal and verify the steps of a playbook.
+
+Steps are data. The engine works in waves: every step whose needs are met is planned
+(concurrently), checked against the guardrails, gated on approval, then applied
+(concurrently, each change journaled before and after). When no step can move any more
+the run either pauses for approval, or is verified by re-planning every step.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from actions.base import Action, ActionContext, Change, Params, Plan
+from actions.registry import Registry
+from runner.aws import AwsSession
+from runner.config import Config
+from runner.errors import (
+    EXIT_BAD_INPUT, EXIT_MANUAL, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_PAUSED, EXIT_REFUSED, StanchError,
+)
+from runner.incident import Incident, format_loc
+from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso
+from runner.lifecycle import RunLifecycle
+from runner.playbook import Playbook, Step
+from runner.templates import TemplateError, render
+
+#: step statuses after which a step is finished and its dependents may start
+DONE = ("applied", "noop", "manual")
+FINAL = (*DONE, "failed", "skipped", "refused")
+EXIT_CODES = {
+    "planned": EXIT_OK, "contained": EXIT_OK, "awaiting_approval": EXIT_PAUSED, "refused": EXIT_REFUSED,
+    "needs_manual_action": EXIT_MANUAL, "partially_contained": EXIT_NOT_CONTAINED, "failed": EXIT_NOT_CONTAINED,
+}
+#: errors an action's AWS work may raise; anything else is a bug and propagates
+STEP_ERRORS = (ClientError, BotoCoreError, StanchError, TemplateError, ValidationError)
+
+Prompt = Callable[[Step, Plan], bool]
+
+
+def new_run_id() -> str:
+    return f"r-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def default_approver() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    approve: tuple[str, ...] = ()
+    approve_all: bool = False
+    by: str = field(default_factory=default_approver)
+    reason: str = ""
+    max_changes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "by": self.by, "max_changes": self.max_changes}
+
+
+@dataclass
+class StepState:
+    status: str = "pending"
+    plan: Plan | None = None
+    params: Params | None = None
+    change_status: dict[str, str] = field(default_factory=dict)
+    #: changes a killed process applied that a re-plan no longer lists
+    earlier: list[Change] = field(default_factory=list)
+    error: str | None = None
+    verify_failures: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        plan = self.plan or Plan()
+        return {
+            "changes": [c.to_json() | {"digest": c.digest} for c in plan.changes],
+            "earlier": [c.to_json() for c in self.earlier],
+            "outputs": plan.outputs, "manual": plan.manual, "notes": plan.notes,
+            "digest": plan.digest, "change_status": self.change_status,
+        }
+
+
+class Engine:
+    def __init__(
+        self, *, run: RunRecord, playbook: Playbook, incident: Incident, config: Config,
+        registry: Registry, journal: Journal, aws: AwsSession, log: Any, options: RunOptions,
+        prompt: Prompt | None = None,
+    ) -> None:
+        self.run = run
+        self.playbook = playbook
+        self.incident = incident
+        self.config = config
+        self.registry = registry
+        self.journal = journal
+        self.aws = aws
+        self.log = log
+        self.options = options
+        self.prompt = prompt
+        self.started = time.monotonic()
+        self.first_change_at: float | None = None
+        self.finished_at: float | None = None
+        self.states: dict[str, StepState] = {s.id: StepState() for s in playbook.steps}
+        self.actions: dict[str, Action[Any]] = {s.id: self._action(s) for s in playbook.steps}
+        self.lifecycle = RunLifecycle(run.status, self._status_changed)
+        self._stop_scheduling = False
+        self._refusal: str | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def _action(self, step: Step) -> Action[Any]:
+        cls = self.registry.get(step.action)
+        if cls is None:  # validated at load time; a resumed run may meet a changed registry
+            raise StanchError(f"step {step.id}: action {step.action} is not registered")
+        return cls()
+
+    def _status_changed(self, status: str) -> None:
+        self.journal.set_run_status(self.run.run_id, status)
+        self.log.info("run.status", status=status)
+
+    def _save(self, step: Step, state: StepState) -> None:
+        self.journal.save_step(self.run.run_id, step.id, state.status, state.to_json(), state.error)
+
+    def _event(self, name: str, step: Step, **kw: Any) -> None:
+        self.log.info(name, step=step.id, action=step.action, **kw)
+
+    def _template_scope(self) -> dict[str, Any]:
+        scope: dict[str, Any] = {"incident": self.incident.to_json(), "steps": {}}
+        for step in self.playbook.steps:
+            state = self.states[step.id]
+            if state.plan is None:
+                continue
+            scope["steps"][step.id] = state.plan.outputs
+            published = self.actions[step.id].publishes
+            if published:
+                scope[published] = state.plan.outputs
+        return scope
+
+    def _restore(self) -> None:
+        """Resume: take finished steps (and their outputs) from the journal."""
+        saved = self.journal.steps(self.run.run_id)
+        for step in self.playbook.steps:
+            rec = saved.get(step.id)
+            if rec is None or rec.plan is None:
+                continue
+            state = self.states[step.id]
+            state.change_status = dict(rec.plan.get("change_status", {}))
+            state.earlier = [Change.from_json(c) for c in rec.plan.get("earlier", [])]
+            if rec.status in FINAL:
+                state.status = rec.status
+                state.error = rec.error
+                state.plan = Plan(
+                    changes=[Change.from_json(c) for c in rec.plan.get("changes", [])],
+                    outputs=rec.plan.get("outputs", {}), manual=rec.plan.get("manual", []),
+                    notes=rec.plan.get("notes", []),
+                )
+            else:
+                state.status = "pending"  # re-planned against live state
+
+    # ------------------------------------------------------------------ public
+    def execute(self, resume: bool = False) -> dict[str, Any]:
+        if resume:
+            self._restore()
+        with ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="step") as steps_pool, \
+                ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="call") as calls_pool:
+            ctx = ActionContext(
+                aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
+                started_at=datetime.now(UTC), fanout_pool=calls_pool, protected=self._is_protected,
+            )
+            self.identity_arn = self.aws.identity().principal_arn
+            self.log.info("run.started", identity=self.identity_arn, resume=resume)
+            self._waves(ctx, steps_pool)
+            self._settle(ctx, steps_pool)
+        return self.result()
+
+    def _is_protected(self, name: str, arn: str) -> bool:
+        return self.config.is_protected(name, arn) or arn == self.identity_arn
+
+    def _ready(self) -> list[Step]:
+        ready = []
+        ok = ("planned", *DONE) if self.options.dry_run else DONE
+        for step in self.playbook.steps:
+            state = self.states[step.id]
+            if state.status != "pending":
+                continue
+            needs = [self.states[n].status for n in step.needs]
+            if any(s in ("failed", "skipped", "refused") for s in needs):
+                state.status, state.error = "skipped", "a step it needs did not complete"
+                self._save(step, state)
+                self._event("step.skipped", step, error=state.error)
+            elif all(s in ok for s in needs):
+                ready.append(step)
+        return ready
+
+    def _waves(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
+        while not self._stop_scheduling:
+            ready = self._ready()
+            if not ready:
+                return
+            self.lifecycle.fire("plan")
+            list(pool.map(lambda s: self._plan_step(ctx, s), ready))
+            if self.options.dry_run:
+                continue
+            refusal = self._guard([s for s in ready if self.states[s.id].status == "planned"])
+            if refusal:
+                self._refusal = refusal
+                return
+            approved = [s for s in ready if self.states[s.id].status == "planned" and self._gate(s)]
+            if approved:
+                self.lifecycle.fire("apply")
+                list(pool.map(lambda s: self._apply_step(ctx, s), approved))
+            if any(self.states[s.id].status == "failed" and s.on_error == "stop" for s in ready):
+                self._stop_scheduling = True
+
+    # ------------------------------------------------------------------ steps
+    def _plan_step(self, ctx: ActionContext, step: Step) -> None:
+        state = self.states[step.id]
+        action = self.actions[step.id]
+        t0 = time.monotonic()
+        try:
+            raw = render(step.with_, self._template_scope())
+            state.params = action.params_model.model_validate(raw)
+            plan = action.plan(ctx, state.params)
+        except ValidationError as exc:
+            state.status = "failed"
+            state.error = "; ".join(f"with.{format_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
+        except STEP_ERRORS as exc:
+            state.status, state.error = "failed", _describe(exc)
+        else:
+            state.plan = plan
+            state.change_status = {c.digest: "planned" for c in plan.changes}
+            self._confirm_vanished(step, plan)
+            if self.options.dry_run:
+                state.status = "planned" if plan.changes else ("manual" if plan.manual else "noop")
+            elif plan.changes:
+                state.status = "planned"
+            elif plan.manual:
+                state.status = "manual"
+            else:
+                state.status = "applied" if state.earlier else "noop"
+        ms = int((time.monotonic() - t0) * 1000)
+        self._save(step, state)
+        if state.status == "failed":
+            self._event("step.failed", step, outcome="failed", error=state.error, duration_ms=ms)
+            return
+        assert state.plan is not None
+        self._event("step.planned", step, changes=len(state.plan.changes), outcome=state.status,
+                    dry_run=self.options.dry_run, duration_ms=ms)
+        for change in state.plan.changes:
+            self._event("change.planned", step, operation=change.operation, target=change.target,
+                        params=change.params, previous=change.previous, message=change.reason,
+                        dry_run=self.options.dry_run)
+        if state.status == "manual":
+            for text in state.plan.manual:
+                self._event("step.manual", step, message=text.splitlines()[0])
+
+    def _confirm_vanished(self, step: Step, plan: Plan) -> None:
+        """On resume: changes this run applied earlier, which a re-plan no longer lists.
+
+        A change journaled as started but not finished, and no longer needed, reached AWS before
+        the process died: it is recorded as applied now, once, and never sent again."""
+        current = {c.digest for c in plan.changes}
+        state = self.states[step.id]
+        for rec in self.journal.changes(self.run.run_id):
+            if rec.step_id != step.id or rec.digest in current:
+                continue
+            if rec.status == "applying":
+                self.journal.change_finished(self.run.run_id, step.id, rec.digest, "applied")
+                self._event("change.applied", step, operation=rec.change["operation"],
+                            target=rec.change["target"], outcome="applied", confirmed_by="replan")
+            if rec.status in ("applying", "applied", "already_done"):
+                change = Change.from_json(rec.change)
+                if change.digest not in {c.digest for c in state.earlier}:
+                    state.earlier.append(change)
+                state.change_status[change.digest] = "applied" if rec.status == "applying" else rec.status
+
+    def _guard(self, steps: list[Step]) -> str | None:
+        """Guardrails over every planned change of this wave; a violation refuses the run."""
+        cap = self.options.max_changes or self.config.runner.max_changes_per_step
+        for step in steps:
+            plan = self.states[step.id].plan
+            assert plan is not None
+            problems = []
+            for change in plan.changes:
+                name = change.target.rsplit("/", 1)[-1]
+                if change.target == self.identity_arn:
+                    problems.append(f"{change.target} is the runner's own identity")
+                elif self.config.is_protected(name, change.target):
+                    problems.append(f"{change.target} is a protected principal")
+            if len(plan.changes) > cap:
+                problems.append(f"{len(plan.changes)} changes exceed the cap of {cap} per step "
+                                f"(raise it with --max-changes {len(plan.changes)} if this is intended)")
+            if problems:
+                state = self.states[step.id]
+                state.status, state.error = "refused", "; ".join(problems)
+                self._save(step, state)
+                self._event("step.refused", step, outcome="refused", error=state.error)
+                return f"step {step.id}: {state.error}"
+        return None
+
+    def _needs_approval(self, step: Step) -> bool:
+        return step.approval == "required" or self.actions[step.id].risk in self.config.approval.require_for_tiers
+
+    def _gate(self, step: Step) -> bool:
+        if not self._needs_approval(step):
+            return True
+        state = self.states[step.id]
+        assert state.plan is not None
+        digests = {c.digest for c in state.plan.changes}
+        recorded = [a for a in self.journal.approvals(self.run.run_id) if a.step_id == step.id]
+        if any(digests <= set(a.change_digests) for a in recorded):
+            return True
+        if recorded:
+            self._event("approval.stale", step, message="the plan changed since it was approved; approve again")
+        pre = None
+        if self.options.approve_all:
+            pre = "pre-approved with --approve-all"
+        elif step.id in self.options.approve:
+            pre = f"pre-approved with --approve {step.id}"
+        elif step.id in self.config.approval.pre_approved_steps:
+            pre = f"pre-approved by config ({self.config.source})"
+        if pre is not None:
+            self.record_approval(step, state.plan, self.options.by if "config" not in pre else "config",
+                                 self.options.reason or pre)
+            return True
+        if self.prompt is not None and self.prompt(step, state.plan):
+            self.record_approval(step, state.plan, self.options.by, self.options.reason or "approved at the terminal")
+            return True
+        state.status = "awaiting_approval"
+        self._save(step, state)
+        self._event("step.awaiting_approval", step, changes=len(state.plan.changes),
+                    message=f"approve with: stanch approve {self.run.run_id} --step {step.id}")
+        return False
+
+    def record_approval(self, step: Step, plan: Plan, by: str, reason: str) -> None:
+        self.journal.add_approval(ApprovalRecord(
+            run_id=self.run.run_id, step_id=step.id, by=by, reason=reason, at=now_iso(),
+            plan_digest=plan.digest, change_digests=sorted(c.digest for c in plan.changes),
+        ))
+        self._event("approval.recorded", step, by=by, message=reason)
+
+    def _apply_step(self, ctx: ActionContext, step: Step) -> None:
+        state = self.states[step.id]
+        action = self.actions[step.id]
+        assert state.plan is not None
+        state.status = "applying"
+        self._save(step, state)
+        t0 = time.monotonic()
+        changes = state.plan.changes
+        if action.ordered:
+            results = [self._apply_change(ctx, step, action, c) for c in changes]
+        else:
+            results = ctx.fanout(lambda c: self._apply_change(ctx, step, action, c), changes)
+        failures = [r for r in results if r]
+        if failures:
+            state.status, state.error = "failed", "; ".join(failures)
+        else:
+            state.status = "manual" if state.plan.manual else "applied"
+        self._save(step, state)
+        ms = int((time.monotonic() - t0) * 1000)
+        name = "step.failed" if failures else "step.applied"
+        self._event(name, step, outcome=state.status, error=state.error, changes=len(changes), duration_ms=ms)
+
+    def _apply_change(self, ctx: ActionContext, step: Step, action: Action[Any], change: Change) -> str | None:
+        state = self.states[step.id]
+        rid = self.run.run_id
+        self.journal.change_started(rid, step.id, change.digest, change.to_json())
+        self._event("change.started", step, operation=change.operation, target=change.target)
+        t0 = time.monotonic()
+        try:
+            outcome = action.apply(ctx, change)
+        except STEP_ERRORS as exc:
+            err = _describe(exc)
+            state.change_status[change.digest] = "failed"
+            self.journal.change_finished(rid, step.id, change.digest, "failed", err)
+            self._event("change.failed", step, operation=change.operation, target=change.target,
+                        outcome="failed", error=err, duration_ms=int((time.monotonic() - t0) * 1000))
+            return f"{change.operation} {change.target}: {err}"
+        if self.first_change_at is None:
+            self.first_change_at = time.monotonic()
+        state.change_status[change.digest] = outcome
+        self.journal.change_finished(rid, step.id, change.digest, outcome)
+        self._event(f"change.{outcome}", step, operation=change.operation, target=change.target,
+                    outcome=outcome, previous=change.previous, duration_ms=int((time.monotonic() - t0) * 1000))
+        return None
+
+    # ------------------------------------------------------------------ settle
+    def _settle(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
+        statuses = {s.id: self.states[s.id].status for s in self.playbook.steps}
+        if self._refusal:
+            self.lifecycle.fire("refuse")
+        elif self.options.dry_run:
+            self.lifecycle.fire("plan")
+            self.lifecycle.fire("finish_dry_run")
+        elif "awaiting_approval" in statuses.values() and not self._stop_scheduling:
+            self.lifecycle.fire("pause")
+        else:
+            if self.lifecycle.state not in ("planning", "applying"):
+                self.lifecycle.fire("plan")
+            self.lifecycle.fire("verify")
+            done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
+                    and self.actions[s.id].risk != "read-only"]
+            list(pool.map(lambda s: self._verify_step(ctx, s), done))
+            self.finished_at = time.monotonic()
+            states = [self.states[s.id] for s in self.playbook.steps]
+            bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
+                   or st.verify_failures]
+            if bad:
+                applied = any(st.status in ("applied", "manual") for st in states)
+                self.lifecycle.fire("contain_partially" if applied else "fail")
+            elif any(st.status == "manual" for st in states):
+                self.lifecycle.fire("need_manual")
+            else:
+                self.lifecycle.fire("contain")
+        if self.lifecycle.is_terminal and not self.options.dry_run:
+            self.journal.release(self.run.run_id)
+        result = self.result()
+        self.journal.set_run_status(self.run.run_id, self.lifecycle.state, result)
+        self.log.info("run.finished", outcome=self.lifecycle.state, status=self.lifecycle.state,
+                      duration_ms=int((time.monotonic() - self.started) * 1000))
+
+    def _verify_step(self, ctx: ActionContext, step: Step) -> None:
+        state = self.states[step.id]
+        action = self.actions[step.id]
+        try:
+            params = state.params or action.params_model.model_validate(
+                render(step.with_, self._template_scope()))
+            again = action.plan(ctx, params)
+            failures = [f"still to do: {c.operation} {c.target}" for c in again.changes]
+            failures += action.check(ctx, params)
+        except STEP_ERRORS as exc:
+            failures = [f"could not verify: {_describe(exc)}"]
+        state.verify_failures = failures
+        if failures:
+            self._event("verify.failed", step, outcome="unverified", error="; ".join(failures))
+        else:
+            self._event("verify.ok", step, outcome="verified")
+
+    # ------------------------------------------------------------------ output
+    def result(self) -> dict[str, Any]:
+        steps = []
+        manual = []
+        for step in self.playbook.steps:
+            state = self.states[step.id]
+            plan = state.plan or Plan()
+            changes = [c.to_json() | {"status": state.change_status.get(c.digest, "planned")}
+                       for c in [*state.earlier, *plan.changes]]
+            entry: dict[str, Any] = {
+                "id": step.id, "action": step.action, "status": state.status, "changes": changes,
+                "error": state.error,
+            }
+            if state.verify_failures:
+                entry["verification"] = state.verify_failures
+            if plan.notes:
+                entry["notes"] = plan.notes
+            steps.append(entry)
+            manual += [{"step": step.id, "instructions": text} for text in plan.manual]
+        doc: dict[str, Any] = {
+            "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
+            "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
+            "manual_actions": manual,
+        }
+        scope = self._template_scope().get("scope")
+        if scope is not None:
+            doc["scope"] = scope
+        doc["metrics"] = self.metrics()
+        return doc
+
+    def metrics(self) -> dict[str, Any]:
+        def since(t: float | None) -> float | None:
+            return round(t - self.started, 3) if t is not None else None
+        calls = self.aws.call_counts()
+        contained = self.finished_at if self.lifecycle.state in ("contained", "needs_manual_action") else None
+        return {
+            "time_to_first_change_s": since(self.first_change_at),
+            "time_to_contained_s": since(contained),
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "api_calls_total": sum(calls.values()), "api_calls": calls,
+            "refused_writes": list(self.aws.refused),
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}".strip()
+    if isinstance(exc, StanchError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def exit_code(status: str) -> int:
+    return EXIT_CODES.get(status, EXIT_BAD_INPUT)

@@ -1,0 +1,241 @@
+"""The run journal: every run, step, change and approval, written before and after it happens.
+
+`Journal` is the interface the engine uses; `SqliteJournal` is the default backend, one file
+in the state directory. A shared backend (e.g. DynamoDB with conditional writes) implements
+the same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner.errors import RunLockedError, UnknownRunError
+
+ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    incident_id: str
+    playbook: str
+    status: str
+    dry_run: bool
+    created_at: str
+    updated_at: str
+    incident: dict[str, Any]
+    options: dict[str, Any]
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class StepRecord:
+    run_id: str
+    step_id: str
+    status: str
+    plan: dict[str, Any] | None
+    error: str | None
+    updated_at: str
+
+
+@dataclass
+class ChangeRecord:
+    run_id: str
+    step_id: str
+    digest: str
+    status: str
+    change: dict[str, Any]
+    error: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+@dataclass
+class ApprovalRecord:
+    run_id: str
+    step_id: str
+    by: str
+    reason: str
+    at: str
+    plan_digest: str
+    change_digests: list[str]
+
+
+class Journal(Protocol):
+    def create_run(self, run: RunRecord, lock: bool) -> None: ...
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def list_runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None: ...
+    def release(self, run_id: str) -> None: ...
+    def save_step(self, run_id: str, step_id: str, status: str,
+                  plan: dict[str, Any] | None, error: str | None = None) -> None: ...
+    def steps(self, run_id: str) -> dict[str, StepRecord]: ...
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None: ...
+    def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
+                        error: str | None = None) -> None: ...
+    def changes(self, run_id: str) -> list[ChangeRecord]: ...
+    def add_approval(self, approval: ApprovalRecord) -> None: ...
+    def approvals(self, run_id: str) -> list[ApprovalRecord]: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, playbook TEXT NOT NULL,
+    status TEXT NOT NULL, dry_run INTEGER NOT NULL, created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, incident TEXT NOT NULL, options TEXT NOT NULL, result TEXT);
+CREATE TABLE IF NOT EXISTS locks (incident_id TEXT PRIMARY KEY, run_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL, step_id TEXT NOT NULL, status TEXT NOT NULL, plan TEXT,
+    error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (run_id, step_id));
+CREATE TABLE IF NOT EXISTS changes (
+    run_id TEXT NOT NULL, step_id TEXT NOT NULL, digest TEXT NOT NULL, status TEXT NOT NULL,
+    change TEXT NOT NULL, error TEXT, started_at TEXT, finished_at TEXT,
+    PRIMARY KEY (run_id, step_id, digest));
+CREATE TABLE IF NOT EXISTS approvals (
+    run_id TEXT NOT NULL, step_id TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL,
+    at TEXT NOT NULL, plan_digest TEXT NOT NULL, change_digests TEXT NOT NULL);
+"""
+
+
+class SqliteJournal:
+    """SQLite journal. One connection shared by the run's threads, serialised by a lock;
+    every write is its own committed transaction (WAL, synchronous=FULL)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = state_dir / "journal.sqlite3"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # -- runs ----------------------------------------------------------------------------
+    def create_run(self, run: RunRecord, lock: bool) -> None:
+        with self._tx() as db:
+            if lock:
+                held = db.execute("SELECT run_id FROM locks WHERE incident_id=?", (run.incident_id,)).fetchone()
+                if held is not None:
+                    raise RunLockedError(run.incident_id, held["run_id"])
+                db.execute("INSERT INTO locks VALUES (?, ?)", (run.incident_id, run.run_id))
+            db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run.run_id, run.incident_id, run.playbook, run.status, int(run.dry_run), run.created_at,
+                 run.updated_at, json.dumps(run.incident), json.dumps(run.options), None),
+            )
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> RunRecord:
+        return RunRecord(
+            run_id=row["run_id"], incident_id=row["incident_id"], playbook=row["playbook"],
+            status=row["status"], dry_run=bool(row["dry_run"]), created_at=row["created_at"],
+            updated_at=row["updated_at"], incident=json.loads(row["incident"]),
+            options=json.loads(row["options"]), result=json.loads(row["result"]) if row["result"] else None,
+        )
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rows = self._rows("SELECT * FROM runs WHERE run_id=?", run_id)
+        if not rows:
+            raise UnknownRunError(run_id)
+        return self._run(rows[0])
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", limit)]
+
+    def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None:
+        with self._tx() as db:
+            if result is None:
+                db.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, now_iso(), run_id))
+            else:
+                db.execute("UPDATE runs SET status=?, updated_at=?, result=? WHERE run_id=?",
+                           (status, now_iso(), json.dumps(result), run_id))
+
+    def release(self, run_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM locks WHERE run_id=?", (run_id,))
+
+    # -- steps and changes ---------------------------------------------------------------
+    def save_step(self, run_id: str, step_id: str, status: str,
+                  plan: dict[str, Any] | None, error: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO steps VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, step_id) DO UPDATE SET "
+                "status=excluded.status, plan=COALESCE(excluded.plan, steps.plan), error=excluded.error, "
+                "updated_at=excluded.updated_at",
+                (run_id, step_id, status, json.dumps(plan) if plan is not None else None, error, now_iso()),
+            )
+
+    def steps(self, run_id: str) -> dict[str, StepRecord]:
+        return {
+            r["step_id"]: StepRecord(run_id, r["step_id"], r["status"],
+                                     json.loads(r["plan"]) if r["plan"] else None, r["error"], r["updated_at"])
+            for r in self._rows("SELECT * FROM steps WHERE run_id=?", run_id)
+        }
+
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, digest) DO UPDATE SET "
+                "status=excluded.status, started_at=excluded.started_at, error=NULL",
+                (run_id, step_id, digest, "applying", json.dumps(change), None, now_iso(), None),
+            )
+
+    def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
+                        error: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE changes SET status=?, error=?, finished_at=? WHERE run_id=? AND step_id=? AND digest=?",
+                       (status, error, now_iso(), run_id, step_id, digest))
+
+    def changes(self, run_id: str) -> list[ChangeRecord]:
+        return [
+            ChangeRecord(r["run_id"], r["step_id"], r["digest"], r["status"], json.loads(r["change"]),
+                         r["error"], r["started_at"], r["finished_at"])
+            for r in self._rows("SELECT * FROM changes WHERE run_id=? ORDER BY started_at", run_id)
+        ]
+
+    # -- approvals -----------------------------------------------------------------------
+    def add_approval(self, approval: ApprovalRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO approvals VALUES (?,?,?,?,?,?,?)",
+                       (approval.run_id, approval.step_id, approval.by, approval.reason, approval.at,
+                        approval.plan_digest, json.dumps(approval.change_digests)))
+
+    def approvals(self, run_id: str) -> list[ApprovalRecord]:
+        return [
+            ApprovalRecord(r["run_id"], r["step_id"], r["by"], r["reason"], r["at"], r["plan_digest"],
+                           json.loads(r["change_digests"]))
+            for r in self._rows("SELECT * FROM approvals WHERE run_id=? ORDER BY at", run_id)
+        ]

@@ -1,0 +1,163 @@
+"""What the CLI commands do, without the CLI: start, resume, approve, status."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from actions.registry import Registry, builtin_registry
+from runner.aws import AwsSession
+from runner.config import Config, load_config
+from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
+from runner.errors import InputError, Problem, StanchError
+from runner.incident import Incident, validate_incident
+from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
+from runner.audit import make_logger
+from runner.playbook import Playbook, load_playbook
+
+
+def state_dir(explicit: str | None) -> Path:
+    """--state-dir, else $STANCH_STATE_DIR, else ./.stanch"""
+    return Path(explicit or os.environ.get("STANCH_STATE_DIR") or ".stanch")
+
+
+@dataclass(frozen=True)
+class AwsOptions:
+    region: str | None = None
+    profile: str | None = None
+    endpoint_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"region": self.region, "profile": self.profile, "endpoint_url": self.endpoint_url}
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    exit_code: int
+
+
+def choose_playbook(incident: Incident, ref: str | None, config: Config, registry: Registry) -> Playbook:
+    if ref:
+        return load_playbook(ref, registry)
+    routed = config.route(incident.kind)
+    if routed is None:
+        raise InputError("incident", [Problem(
+            "kind", f"no playbook is routed for kind '{incident.kind}'; add `{incident.kind} = \"PLAYBOOK\"` "
+                    f"under [routing] in the config, or pass --playbook NAME|PATH")])
+    return load_playbook(routed, registry)
+
+
+def _session(aws_opts: AwsOptions, incident: Incident, config: Config, dry_run: bool) -> AwsSession:
+    return AwsSession(
+        region=aws_opts.region or incident.region, profile=aws_opts.profile,
+        endpoint_url=aws_opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"),
+        settings=config.aws, dry_run=dry_run, max_pool_connections=max(16, config.runner.max_workers * 2),
+    )
+
+
+def start_run(
+    incident: Incident, *, playbook_ref: str | None, config_path: str | None, options: RunOptions,
+    aws_opts: AwsOptions, state: Path, prompt: Prompt | None = None, stream: TextIO | None = sys.stderr,
+    registry: Registry | None = None, session: AwsSession | None = None,
+) -> Outcome:
+    registry = registry or builtin_registry()
+    config = load_config(config_path)
+    playbook = choose_playbook(incident, playbook_ref, config, registry)
+    journal = SqliteJournal(state)
+    run_id = new_run_id()
+    record = RunRecord(
+        run_id=run_id, incident_id=incident.id, playbook=playbook.name, status="pending",
+        dry_run=options.dry_run, created_at=now_iso(), updated_at=now_iso(), incident=incident.to_json(),
+        options={**options.to_json(), **aws_opts.to_json(), "playbook_ref": playbook.source
+                 if playbook_ref else playbook.name, "config": config_path},
+    )
+    journal.create_run(record, lock=not options.dry_run)
+    log = make_logger(state / "audit.jsonl", stream, run_id=run_id, incident_id=incident.id,
+                      playbook=playbook.name, dry_run=options.dry_run)
+    aws = session or _session(aws_opts, incident, config, options.dry_run)
+    engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
+                    journal=journal, aws=aws, log=log, options=options, prompt=prompt)
+    try:
+        result = engine.execute()
+    finally:
+        journal.close()
+    return Outcome(result, exit_code(result["status"]))
+
+
+def resume_run(
+    run_id: str, *, options: RunOptions, state: Path, prompt: Prompt | None = None,
+    stream: TextIO | None = sys.stderr, registry: Registry | None = None, session: AwsSession | None = None,
+) -> Outcome:
+    registry = registry or builtin_registry()
+    journal = SqliteJournal(state)
+    try:
+        record = journal.get_run(run_id)
+        if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+            raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
+        stored = record.options
+        config = load_config(stored.get("config"))
+        playbook = load_playbook(stored["playbook_ref"], registry)
+        incident = validate_incident(f"run {run_id} incident", record.incident)
+        opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
+                          by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
+        aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
+        log = make_logger(state / "audit.jsonl", stream, run_id=run_id, incident_id=incident.id,
+                          playbook=playbook.name, dry_run=record.dry_run)
+        aws = session or _session(aws_opts, incident, config, record.dry_run)
+        engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
+                        journal=journal, aws=aws, log=log, options=opts, prompt=prompt)
+        result = engine.execute(resume=True)
+    finally:
+        journal.close()
+    return Outcome(result, exit_code(result["status"]))
+
+
+def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
+    journal = SqliteJournal(state)
+    try:
+        record = journal.get_run(run_id)
+        steps = journal.steps(run_id)
+        waiting = sorted(s for s, r in steps.items() if r.status == "awaiting_approval")
+        rec = steps.get(step_id)
+        if record.status != "awaiting_approval" or rec is None or rec.status != "awaiting_approval":
+            hint = f"steps awaiting approval: {', '.join(waiting)}" if waiting else "no step awaits approval"
+            raise InputError("--step", [Problem(step_id, f"run {run_id} has no step '{step_id}' awaiting "
+                                                         f"approval ({hint})")])
+        plan = rec.plan or {}
+        digests = sorted(c["digest"] for c in plan.get("changes", []))
+        approval = ApprovalRecord(run_id=run_id, step_id=step_id, by=by, reason=reason, at=now_iso(),
+                                  plan_digest=str(plan.get("digest", "")), change_digests=digests)
+        journal.add_approval(approval)
+        log = make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
+                          playbook=record.playbook, dry_run=record.dry_run)
+        log.info("approval.recorded", step=step_id, by=by, message=reason, plan_digest=approval.plan_digest)
+        return approval
+    finally:
+        journal.close()
+
+
+def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
+    journal = SqliteJournal(state)
+    try:
+        if run_id is None:
+            return [{"run_id": r.run_id, "incident_id": r.incident_id, "playbook": r.playbook,
+                     "status": r.status, "dry_run": r.dry_run, "created_at": r.created_at,
+                     "updated_at": r.updated_at} for r in journal.list_runs()]
+        record = journal.get_run(run_id)
+        doc: dict[str, Any] = dict(record.result) if record.result else {
+            "run_id": record.run_id, "incident_id": record.incident_id, "playbook": record.playbook,
+            "dry_run": record.dry_run, "steps": [
+                {"id": s.step_id, "status": s.status, "error": s.error,
+                 "changes": (s.plan or {}).get("changes", [])} for s in journal.steps(run_id).values()],
+            "manual_actions": [],
+        }
+        doc["status"] = record.status
+        doc["approvals"] = [{"step": a.step_id, "by": a.by, "reason": a.reason, "at": a.at,
+                             "plan_digest": a.plan_digest} for a in journal.approvals(run_id)]
+        return doc
+    finally:
+        journal.close()
