@@ -380,7 +380,7 @@ class ContainRootCredentials(Action[RootParams]):
             f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
             "root access key too: the root user should have none.",
             "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
-            "  5. Then run `stanch resume` or re-run this incident: the step verifies AccountAccessKeysPresent = 0.",
+            "  5. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
         ]
         if ctx.config.root.organizations_role_arn:
             steps.append("  (An Organizations role is configured, but the SCP / sts:AssumeRoot path is not "

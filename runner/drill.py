@@ -1,0 +1,275 @@
+"""`stanch drill`: the reference attack in an in-process simulated account (moto), contained
+end to end by the reference playbook, then checked: containment, decoys untouched, the
+attacker's own key denied, and a second run that applies nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from runner.aws import AwsSession
+from runner.engine import RunOptions
+from runner.incident import validate_incident
+from runner.service import AwsOptions, start_run
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+ROOT_KEY = "AKIAEXAMPLEROOTKEY01"
+_HIDDEN_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+@contextmanager
+def simulated_account() -> Iterator[boto3.Session]:
+    """An in-process moto account with AWS-managed policies, isolated from any real AWS config."""
+    from moto import mock_aws
+
+    saved = {k: os.environ.pop(k) for k in _HIDDEN_ENV if k in os.environ}
+    os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    try:
+        with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+            yield boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+                                region_name=REGION)
+    finally:
+        for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _network(ec2: Any) -> dict[str, Any]:
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnet = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"][0]["SubnetId"]
+    sg = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"][0]["GroupId"]
+    return {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [sg], "assignPublicIp": "ENABLED"}}
+
+
+def _service(ecs: Any, net: dict[str, Any], cluster: str, name: str, image: str, count: int) -> str:
+    ecs.create_cluster(clusterName=cluster)
+    td = ecs.register_task_definition(
+        family=name, requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="1024", memory="2048",
+        containerDefinitions=[{"name": "app", "image": image, "memory": 2048, "essential": True}],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(cluster=cluster, serviceName=name, taskDefinition=td, desiredCount=count,
+                       launchType="FARGATE", networkConfiguration=net)
+    # moto services never start tasks: start them as the service scheduler would
+    ecs.run_task(cluster=cluster, taskDefinition=td, count=count, group=f"service:{name}",
+                 startedBy=f"ecs-svc/{name}", launchType="FARGATE", networkConfiguration=net)
+    return str(td)
+
+
+def seed(session: boto3.Session, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Seed the reference chain (names overridable) next to legitimate look-alikes; return the
+    native incident and what the checks need."""
+    n = {"user": "cluster_admin", "group": "ecs_dev", "cluster": "prod_app", "service": "prod_app",
+         "image": "xmrig/xmrig", **(names or {})}
+    iam, ecs, ec2 = session.client("iam"), session.client("ecs"), session.client("ec2")
+    net = _network(ec2)
+    # legitimate look-alikes, created before the incident
+    iam.create_group(GroupName="platform-admins")
+    iam.attach_group_policy(GroupName="platform-admins", PolicyArn=ADMIN)
+    iam.create_user(UserName="alice")
+    iam.add_user_to_group(GroupName="platform-admins", UserName="alice")
+    alice_key = iam.create_access_key(UserName="alice")["AccessKey"]
+    iam.create_user(UserName="ops-oncall")
+    iam.create_access_key(UserName="ops-oncall")
+    iam.create_user(UserName="breakglass-admin")
+    iam.attach_user_policy(UserName="breakglass-admin", PolicyArn=ADMIN)
+    _service(ecs, net, "web", "frontend", "public.ecr.aws/nginx/nginx:1.27", 2)
+    time.sleep(0.02)
+    window_start = _stamp()
+    time.sleep(0.02)
+    # the attack: root key -> admin user and group -> miner on Fargate
+    iam.create_user(UserName=n["user"])
+    attacker_key = iam.create_access_key(UserName=n["user"])["AccessKey"]
+    iam.create_login_profile(UserName=n["user"], Password="Drill-only-pa55word!", PasswordResetRequired=False)
+    iam.create_group(GroupName=n["group"])
+    iam.attach_group_policy(GroupName=n["group"], PolicyArn=ADMIN)
+    iam.add_user_to_group(GroupName=n["group"], UserName=n["user"])
+    _service(ecs, net, n["cluster"], n["service"], n["image"], 2)
+    time.sleep(0.02)
+    incident = {
+        "id": "INC-DRILL-0001", "kind": "cryptojacking", "account_id": ACCOUNT, "region": REGION,
+        "detected_at": _stamp(), "window_start": window_start, "severity": "critical",
+        "summary": "Drill: root access key used to create an admin user and group; miner on ECS Fargate",
+        "principals": [{"type": "root", "access_key_id": ROOT_KEY}, {"type": "user", "name": n["user"]},
+                       {"type": "group", "name": n["group"]}],
+        "resources": [{"type": "ecs_cluster", "name": n["cluster"]}],
+        "indicators": {"images": ["xmrig"], "policy_arns": [ADMIN]},
+    }
+    return {"incident": incident, "names": n, "attacker_key": attacker_key, "alice_key": alice_key}
+
+
+def root_keys_present(present: bool) -> None:
+    """moto cannot create root access keys; mark the account as having one, as the reference does."""
+    from moto.iam.models import iam_backends
+
+    iam_backends[ACCOUNT]["global"].account_summary._account_access_keys_present = 1 if present else 0
+
+
+def account_snapshot(session: boto3.Session) -> dict[str, Any]:
+    """Every IAM and ECS attribute containment could change, for before/after comparison."""
+    iam, ecs = session.client("iam"), session.client("ecs")
+    snap: dict[str, Any] = {"users": {}, "groups": {}, "services": {}, "tasks": {}}
+    for u in iam.list_users()["Users"]:
+        name = u["UserName"]
+        try:
+            iam.get_login_profile(UserName=name)
+            login = True
+        except ClientError:
+            login = False
+        snap["users"][name] = {
+            "keys": {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]},
+            "groups": sorted(g["GroupName"] for g in iam.list_groups_for_user(UserName=name)["Groups"]),
+            "attached": sorted(p["PolicyArn"] for p in iam.list_attached_user_policies(UserName=name)["AttachedPolicies"]),
+            "inline": sorted(iam.list_user_policies(UserName=name)["PolicyNames"]),
+            "login_profile": login,
+            "mfa": sorted(d["SerialNumber"] for d in iam.list_mfa_devices(UserName=name)["MFADevices"]),
+        }
+    for g in iam.list_groups()["Groups"]:
+        snap["groups"][g["GroupName"]] = sorted(
+            p["PolicyArn"] for p in iam.list_attached_group_policies(GroupName=g["GroupName"])["AttachedPolicies"])
+    for cluster in ecs.list_clusters()["clusterArns"]:
+        arns = ecs.list_services(cluster=cluster)["serviceArns"]
+        if arns:
+            for s in ecs.describe_services(cluster=cluster, services=arns)["services"]:
+                snap["services"][s["serviceArn"]] = {"desiredCount": s["desiredCount"], "status": s["status"]}
+        for t in ecs.list_tasks(cluster=cluster)["taskArns"]:
+            snap["tasks"][t] = ecs.describe_tasks(cluster=cluster, tasks=[t])["tasks"][0]["desiredStatus"]
+    return snap
+
+
+def attacker_key_denied(session: boto3.Session, key: dict[str, Any], control: dict[str, Any]) -> tuple[bool, str]:
+    """With moto's IAM enforcement on, the attacker's own key is denied and a legitimate admin's is not."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    def try_call(k: dict[str, Any]) -> str:
+        s = boto3.Session(aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"],
+                          region_name=REGION)
+        try:
+            s.client("iam").list_users()
+            return "allowed"
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+
+    saved = (settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count)
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+    try:
+        attacker, legit = try_call(key), try_call(control)
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT, ActionAuthenticatorMixin.request_count = saved
+    ok = attacker != "allowed" and legit == "allowed"
+    return ok, f"attacker key: {attacker}; legitimate admin key: {legit}"
+
+
+def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None) -> dict[str, Any]:
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with simulated_account() as session:
+        seeded = seed(session, names)
+        root_keys_present(True)
+        n = seeded["names"]
+        inc_path = state / f"drill-incident-{int(time.time())}.json"
+        inc_path.write_text(json.dumps(seeded["incident"], indent=2))
+        incident = validate_incident(str(inc_path), seeded["incident"])
+        before = account_snapshot(session)
+        options = RunOptions(dry_run=dry_run, approve_all=True, by="drill",
+                             reason="drill: approvals recorded as the drill's")
+
+        def go() -> dict[str, Any]:
+            aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
+            return start_run(incident, playbook_ref=None, config_path=None, options=options,
+                             aws_opts=AwsOptions(region=REGION), state=state, session=aws).result
+
+        result = go()
+        after = account_snapshot(session)
+        checks: list[tuple[str, bool, str]] = []
+
+        def check(name: str, ok: bool, detail: str = "") -> None:
+            checks.append((name, bool(ok), detail))
+
+        if dry_run:
+            check("run planned", result["status"] == "planned", result["status"])
+            check("nothing changed in the account", before == after, "IAM and ECS snapshots compared")
+            planned = sum(len(s["changes"]) for s in result["steps"])
+            check("the plan contains the containment", planned >= 6, f"{planned} changes planned")
+        else:
+            atk = after["users"][n["user"]]
+            check("run contained (root key left as a manual action)",
+                  result["status"] in ("contained", "needs_manual_action"), result["status"])
+            check("attacker's access keys inactive", all(s == "Inactive" for s in atk["keys"].values()),
+                  json.dumps(atk["keys"]))
+            check("attacker's console password removed", not atk["login_profile"])
+            check("attacker removed from its groups", not atk["groups"], json.dumps(atk["groups"]))
+            check("attacker quarantined (deny-all inline policy)", "stanch-quarantine" in atk["inline"])
+            check(f"AdministratorAccess detached from {n['group']}", not after["groups"][n["group"]])
+            miner = [v for k, v in after["services"].items() if k.endswith(f"/{n['cluster']}/{n['service']}")]
+            check("miner service scaled to 0", bool(miner) and miner[0]["desiredCount"] == 0)
+            miner_tasks = [v for k, v in after["tasks"].items() if f"/{n['cluster']}/" in k]
+            check("miner tasks stopped", bool(miner_tasks) and all(v == "STOPPED" for v in miner_tasks))
+            manual = " ".join(m["instructions"] for m in result["manual_actions"])
+            check("root key handed over as a manual action with its id", ROOT_KEY in manual)
+            for decoy in ("alice", "ops-oncall", "breakglass-admin"):
+                check(f"legitimate user {decoy} untouched", before["users"][decoy] == after["users"][decoy])
+            check("legitimate admin group platform-admins untouched",
+                  before["groups"]["platform-admins"] == after["groups"]["platform-admins"])
+            web = {k: v for k, v in after["services"].items() if "/web/" in k}
+            check("legitimate service web/frontend untouched",
+                  web == {k: v for k, v in before["services"].items() if "/web/" in k})
+            check("legitimate tasks still running",
+                  all(v == "RUNNING" for k, v in after["tasks"].items() if "/web/" in k))
+            ok, detail = attacker_key_denied(session, seeded["attacker_key"], seeded["alice_key"])
+            check("attacker's own key denied (moto IAM enforcement)", ok, detail)
+            again = go()
+            applied_again = [c for s in again["steps"] for c in s["changes"] if c["status"] == "applied"]
+            check("a second run of the same incident applies nothing", not applied_again,
+                  f"{len(applied_again)} changes applied on the second run")
+        contained = [
+            {"step": s["id"], "operation": c["operation"], "target": c["target"], "previous": c["previous"]}
+            for s in result["steps"] for c in s["changes"] if c["status"] in ("applied", "planned")
+        ]
+        scope = result.get("scope", {})
+        return {
+            "drill": "cryptojacking-root-key", "dry_run": dry_run, "run_id": result["run_id"],
+            "run_status": result["status"], "passed": all(ok for _, ok, _ in checks),
+            "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks],
+            "contained": contained,
+            "left_alone": scope.get("excluded", []),
+            "manual_actions": result["manual_actions"],
+            "metrics": result.get("metrics", {}),
+            "incident_file": str(inc_path),
+        }
+
+
+def scorecard_text(card: dict[str, Any]) -> str:
+    lines = [f"stanch drill: {card['drill']}{' (dry run)' if card['dry_run'] else ''}  run {card['run_id']}  "
+             f"status {card['run_status']}", ""]
+    verb = "Would change" if card["dry_run"] else "Contained"
+    lines.append(f"{verb} ({len(card['contained'])}):")
+    lines += [f"  {c['step']:<24} {c['operation']:<26} {c['target']}" for c in card["contained"]]
+    lines.append(f"\nLeft alone ({len(card['left_alone'])}):")
+    lines += [f"  {e['kind']:<12} {e['name']:<22} {e['reason']}" for e in card["left_alone"]]
+    for m in card["manual_actions"]:
+        lines.append(f"\nManual action ({m['step']}):\n{m['instructions']}")
+    m = card["metrics"]
+    lines.append(f"\nTime to first containment: {m.get('time_to_first_change_s')} s   time to contained: "
+                 f"{m.get('time_to_contained_s')} s   API calls: {m.get('api_calls_total')}")
+    lines.append("\nChecks:")
+    lines += [f"  [{'PASS' if c['ok'] else 'FAIL'}] {c['check']}" + (f"  ({c['detail']})" if c["detail"] and not
+                                                                      c["ok"] else "") for c in card["checks"]]
+    lines.append(f"\nDRILL {'PASSED' if card['passed'] else 'FAILED'}")
+    return "\n".join(lines)
