@@ -19,7 +19,7 @@ def is_code(exc: ClientError, *codes: str) -> bool:
     return error_code(exc) in codes
 
 
-def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> Iterator[Any]:
     """Every item under `key` across all pages of `operation`."""
     for page in client.get_paginator(operation).paginate(**kwargs):
         yield from page.get(key, [])

@@ -13,8 +13,14 @@ from actions.base import Action, ActionContext, NoParams, Plan
 from actions.common import is_code, iso, matches_miner, paginate
 from actions.registry import register
 from runner.incident import (
-    AccessKeyPrincipal, EcsClusterResource, EcsServiceResource, EcsTaskResource, GroupPrincipal,
-    RolePrincipal, RootPrincipal, UserPrincipal,
+    AccessKeyPrincipal,
+    EcsClusterResource,
+    EcsServiceResource,
+    EcsTaskResource,
+    GroupPrincipal,
+    RolePrincipal,
+    RootPrincipal,
+    UserPrincipal,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -34,7 +34,7 @@ playbook_app = typer.Typer(no_args_is_help=True, help="List, validate and draw p
 app.add_typer(playbook_app, name="playbook")
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     text = "text"
     json = "json"
 
@@ -103,7 +103,8 @@ def emit(result: dict[str, Any], output: Output) -> None:
         typer.echo("\nIn scope:")
         for kind in ("users", "groups", "roles", "access_keys", "ecs_services", "ecs_tasks"):
             for item in scope.get(kind, []):
-                typer.echo(f"  {kind[:-1]:<12} {item.get('label', item.get('name', ''))}  -- {item.get('reason', '')}")
+                label = item.get("label", item.get("name", ""))
+                typer.echo(f"  {kind[:-1]:<12} {label}  -- {item.get('reason', '')}")
         root = scope.get("root") or {}
         if root.get("access_keys_present"):
             typer.echo(f"  root key     {root.get('access_key_id') or '(id unknown)'}  -- {root.get('reason', '')}")
@@ -124,8 +125,9 @@ def emit(result: dict[str, Any], output: Output) -> None:
         typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
     metrics = result.get("metrics") or {}
     if metrics:
-        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: "
-                   f"{metrics.get('time_to_first_change_s')}s  time to contained: {metrics.get('time_to_contained_s')}s")
+        first, contained = metrics.get("time_to_first_change_s"), metrics.get("time_to_contained_s")
+        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: {first}s  "
+                   f"time to contained: {contained}s")
     typer.echo(f"\nstatus: {status}")
     if status == "awaiting_approval":
         waiting = [s["id"] for s in result["steps"] if s["status"] == "awaiting_approval"]
@@ -159,7 +161,8 @@ def run(
 ) -> None:
     """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled."""
     from runner.incident import load_incident
-    from runner.service import AwsOptions, start_run, state_dir as resolve_state
+    from runner.service import AwsOptions, start_run
+    from runner.service import state_dir as resolve_state
 
     inc = load_incident(incident)
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
@@ -183,7 +186,8 @@ def approve(
     state_dir: StateDir = None,
 ) -> None:
     """Approve a paused run's step (the plan shown by `stanch status RUN_ID`). Then `stanch resume`."""
-    from runner.service import approve_step, state_dir as resolve_state
+    from runner.service import approve_step
+    from runner.service import state_dir as resolve_state
 
     rec = approve_step(run_id, step, by=by or default_approver(), reason=reason, state=resolve_state(state_dir))
     typer.echo(f"approved {rec.step_id} of {rec.run_id} by {rec.by} (plan {rec.plan_digest}); "
@@ -202,7 +206,8 @@ def resume(
     output: OutputOpt = Output.text,
 ) -> None:
     """Continue a paused or interrupted run: re-plan what is left and apply only that."""
-    from runner.service import resume_run, state_dir as resolve_state
+    from runner.service import resume_run
+    from runner.service import state_dir as resolve_state
 
     options = RunOptions(approve=tuple(approve or ()), approve_all=approve_all, by=by or default_approver(),
                          reason=reason)
@@ -220,7 +225,8 @@ def status(
     output: OutputOpt = Output.text,
 ) -> None:
     """Show one run (steps, changes, approvals) or list the recent runs."""
-    from runner.service import run_status, state_dir as resolve_state
+    from runner.service import run_status
+    from runner.service import state_dir as resolve_state
 
     doc = run_status(run_id, resolve_state(state_dir))
     if output is Output.json:

@@ -35,7 +35,7 @@ class AwsSection(_Section):
 
 
 class ApprovalSection(_Section):
-    require_for_tiers: list[RiskTier] = Field(default_factory=lambda: ["irreversible"])
+    require_for_tiers: list[RiskTier] = Field(default_factory=lambda: list[RiskTier](["irreversible"]))
     pre_approved_steps: list[str] = Field(default_factory=list)
 
 

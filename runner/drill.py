@@ -38,7 +38,7 @@ def simulated_account() -> Iterator[boto3.Session]:
     os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     try:
         with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
-            yield boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+            yield boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                                 region_name=REGION)
     finally:
         for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
@@ -134,7 +134,8 @@ def account_snapshot(session: boto3.Session) -> dict[str, Any]:
         snap["users"][name] = {
             "keys": {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]},
             "groups": sorted(g["GroupName"] for g in iam.list_groups_for_user(UserName=name)["Groups"]),
-            "attached": sorted(p["PolicyArn"] for p in iam.list_attached_user_policies(UserName=name)["AttachedPolicies"]),
+            "attached": sorted(
+                p["PolicyArn"] for p in iam.list_attached_user_policies(UserName=name)["AttachedPolicies"]),
             "inline": sorted(iam.list_user_policies(UserName=name)["PolicyNames"]),
             "login_profile": login,
             "mfa": sorted(d["SerialNumber"] for d in iam.list_mfa_devices(UserName=name)["MFADevices"]),

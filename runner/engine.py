@@ -25,7 +25,13 @@ from actions.registry import Registry
 from runner.aws import AwsSession
 from runner.config import Config
 from runner.errors import (
-    EXIT_BAD_INPUT, EXIT_MANUAL, EXIT_NOT_CONTAINED, EXIT_OK, EXIT_PAUSED, EXIT_REFUSED, StanchError,
+    EXIT_BAD_INPUT,
+    EXIT_MANUAL,
+    EXIT_NOT_CONTAINED,
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_REFUSED,
+    StanchError,
 )
 from runner.incident import Incident, format_loc
 from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso

@@ -224,7 +224,7 @@ def _validate_step(
                                                f"{did_you_mean(str(pname), fields) or ''}; it takes {takes}"))
             elif not list(references(value)):
                 try:
-                    TypeAdapter(fields[pname].annotation).validate_python(value)
+                    TypeAdapter(fields[pname].annotation or Any).validate_python(value)
                 except ValidationError as exc:
                     problems.append(Problem(where, f"{cls.name} parameter '{pname}': {exc.errors()[0]['msg']}"))
         for fname, finfo in fields.items():

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actions.registry import Registry, builtin_registry
+from runner.audit import make_logger
 from runner.aws import AwsSession
 from runner.config import Config, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
 from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
-from runner.audit import make_logger
 from runner.playbook import Playbook, load_playbook
 
 
