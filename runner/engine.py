@@ -406,13 +406,21 @@ class Engine:
             self.lifecycle.fire("refuse")
         elif self.options.dry_run:
             self.lifecycle.fire("plan")
-            self.lifecycle.fire("finish_dry_run")
+            incomplete = any(st.status in ("failed", "skipped") for st in self.states.values())
+            self.lifecycle.fire("fail" if incomplete else "finish_dry_run")
         elif "awaiting_approval" in statuses.values() and not self._stop_scheduling:
             self.lifecycle.fire("pause")
         else:
             if self.lifecycle.state not in ("planning", "applying"):
                 self.lifecycle.fire("plan")
             self.lifecycle.fire("verify")
+            for step in self.playbook.steps:
+                state = self.states[step.id]
+                if state.status == "pending":
+                    state.status = "skipped"
+                    state.error = "not started: the run stopped after a step failed (on_error: stop)"
+                    self._save(step, state)
+                    self._event("step.skipped", step, error=state.error)
             done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
                     and self.actions[s.id].risk != "read-only"]
             list(pool.map(lambda s: self._verify_step(ctx, s), done))

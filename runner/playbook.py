@@ -183,7 +183,10 @@ def _validate_step(
         if key not in STEP_KEYS:
             problems.append(Problem(where, f"unknown key '{key}'{did_you_mean(str(key), STEP_KEYS) or '; remove it'}"))
     sid = raw.get("id")
-    if not isinstance(sid, str) or not _STEP_ID.match(sid):
+    if isinstance(sid, bool):
+        problems.append(Problem(where, f"'id' reads as the boolean {sid} (YAML takes on/off/yes/no as booleans); "
+                                       "quote it or choose another id"))
+    elif not isinstance(sid, str) or not _STEP_ID.match(sid):
         problems.append(Problem(where, "'id' is required: lower-case letters, digits and dashes"))
     action_name = raw.get("action")
     cls = registry.get(action_name) if isinstance(action_name, str) else None

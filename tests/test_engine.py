@@ -1,0 +1,268 @@
+"""The engine against fake actions: waves, concurrency, approval gates, drift, guardrails,
+journal and resume. No AWS at all."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.audit import verify_chain
+from runner.engine import RunOptions
+from runner.errors import RunLockedError
+from runner.incident import validate_incident
+from runner.playbook import parse_playbook
+from runner.service import AwsOptions, Outcome, approve_step, resume_run, run_status, start_run
+from tests import fakes
+
+INCIDENT = validate_incident("t", {
+    "id": "INC-T-1", "kind": "cryptojacking", "account_id": fakes.ACCOUNT, "region": "us-east-1",
+    "detected_at": "2026-11-20T10:14:00Z", "window_start": "2026-11-20T09:58:00Z",
+})
+
+
+def pb_file(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "pb.yaml"
+    path.write_text("version: 1\nname: fake\nsteps:\n  - id: collect\n    action: fake.collect\n" + body)
+    parse_playbook(path.read_text(), str(path), fakes.registry())  # valid before use
+    return str(path)
+
+
+def run(tmp_path: Path, playbook: str, **opts: Any) -> Outcome:
+    return start_run(INCIDENT, playbook_ref=playbook, config_path=None, options=RunOptions(by="tester", **opts),
+                     aws_opts=AwsOptions(), state=tmp_path / "state", stream=io.StringIO(),
+                     registry=fakes.registry(), session=fakes.FakeAws())  # type: ignore[arg-type]
+
+
+def resume(tmp_path: Path, run_id: str, **opts: Any) -> Outcome:
+    return resume_run(run_id, options=RunOptions(by="tester", **opts), state=tmp_path / "state",
+                      stream=io.StringIO(), registry=fakes.registry(), session=fakes.FakeAws())  # type: ignore[arg-type]
+
+
+def audit(tmp_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+
+
+def test_contained_run_applies_then_verifies(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on", "c": "off"})
+    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.keys }}'}\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 0
+    assert out.result["status"] == "contained"
+    step = out.result["steps"][1]
+    assert step["status"] == "applied"
+    assert [(c["params"]["key"], c["previous"], c["status"]) for c in step["changes"]] == [
+        ("a", {"value": "on"}, "applied"), ("b", {"value": "on"}, "applied")]
+    assert sorted(world.applied) == ["a", "b"]
+    events = audit(tmp_path)
+    applied = [e for e in events if e["event"] == "change.applied"]
+    assert {e["target"] for e in applied} == {f"arn:aws:iam::{fakes.ACCOUNT}:user/a",
+                                              f"arn:aws:iam::{fakes.ACCOUNT}:user/b"}
+    for e in applied:
+        for key in ("run_id", "incident_id", "playbook", "step", "action", "target", "operation", "dry_run",
+                    "outcome", "duration_ms"):
+            assert key in e
+    assert verify_chain(tmp_path / "state" / "audit.jsonl") == []
+    # a second run changes nothing
+    again = run(tmp_path, pb)
+    assert again.result["steps"][1]["status"] == "noop"
+    assert sorted(world.applied) == ["a", "b"]
+
+
+def test_steps_whose_needs_are_met_run_concurrently(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on"})
+    world.barrier = threading.Barrier(2)  # each plan waits for the other: serial execution would break it
+    pb = pb_file(tmp_path, "  - id: one\n    action: fake.set-at-barrier\n    with: {keys: [a]}\n    needs: [collect]\n"
+                           "  - id: two\n    action: fake.set-at-barrier\n    with: {keys: [b]}\n    needs: [collect]\n")
+    out = run(tmp_path, pb)
+    assert out.result["status"] == "contained", out.result
+    assert not world.barrier.broken
+
+
+def test_dry_run_plans_everything_and_applies_nothing(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.keys }}'}\n"
+                           "  - id: gated\n    action: fake.dangerous\n    with: {keys: [a], value: gone}\n"
+                           "    needs: [turn-off]\n")
+    out = run(tmp_path, pb, dry_run=True)
+    assert out.exit_code == 0
+    assert out.result["status"] == "planned"
+    assert [s["status"] for s in out.result["steps"]] == ["noop", "planned", "planned"]
+    assert world.values == {"a": "on"} and world.applied == []
+
+
+def test_gated_step_pauses_and_resumes_after_approval(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: auto\n    action: fake.set\n    with: {keys: [a]}\n"
+                           "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [b]}\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 3
+    assert out.result["status"] == "awaiting_approval"
+    assert {s["id"]: s["status"] for s in out.result["steps"]} == {
+        "collect": "noop", "auto": "applied", "gated": "awaiting_approval"}
+    assert world.values == {"a": "off", "b": "on"}  # ungated containment did not wait
+    run_id = out.result["run_id"]
+    approval = approve_step(run_id, "gated", by="alice", reason="miner confirmed", state=tmp_path / "state")
+    assert approval.change_digests
+    done = resume(tmp_path, run_id)
+    assert done.exit_code == 0 and done.result["status"] == "contained"
+    assert world.values == {"a": "off", "b": "off"}
+    status = run_status(run_id, tmp_path / "state")
+    assert isinstance(status, dict)
+    assert status["approvals"][0]["by"] == "alice" and status["approvals"][0]["reason"] == "miner confirmed"
+
+
+def test_approval_is_asked_again_when_the_plan_drifts(tmp_path: Path) -> None:
+    # an approval still covers a plan that shrank (part of it already done)...
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a, b]}\n")
+    run_id = run(tmp_path, pb).result["run_id"]
+    approve_step(run_id, "gated", by="alice", reason="ok", state=tmp_path / "state")
+    world.values["a"] = "off"
+    covered = resume(tmp_path, run_id)
+    assert covered.result["status"] == "contained"
+    assert world.applied == ["b"]
+
+    # ...but not one that grew: a change nobody approved must be approved again
+    world = fakes.reset({"a": "on", "b": "off"})
+    run_id = run(tmp_path, pb).result["run_id"]
+    approve_step(run_id, "gated", by="alice", reason="ok", state=tmp_path / "state")
+    world.values["b"] = "on"
+    stale = resume(tmp_path, run_id)
+    assert stale.exit_code == 3 and stale.result["status"] == "awaiting_approval"
+    assert world.values == {"a": "on", "b": "on"} and world.applied == []
+    assert any(e["event"] == "approval.stale" and e["run_id"] == run_id for e in audit(tmp_path))
+    approve_step(run_id, "gated", by="alice", reason="b too", state=tmp_path / "state")
+    assert resume(tmp_path, run_id).exit_code == 0
+    assert world.values == {"a": "off", "b": "off"}
+
+
+def test_pre_approval_is_recorded_with_who_and_digest(tmp_path: Path) -> None:
+    fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n")
+    out = run(tmp_path, pb, approve=("gated",), reason="pager duty")
+    assert out.result["status"] == "contained"
+    status = run_status(out.result["run_id"], tmp_path / "state")
+    assert isinstance(status, dict)
+    [approval] = status["approvals"]
+    assert approval["by"] == "tester" and approval["reason"] == "pager duty" and approval["plan_digest"]
+
+
+def test_irreversible_tier_needs_approval_by_default(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: delete\n    action: fake.dangerous\n    with: {keys: [a], value: gone}\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 3
+    assert world.values["a"] == "on"
+
+
+def test_interactive_prompt_yes_and_no(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n")
+    shown: list[int] = []
+
+    def say_no(step: Any, plan: Any) -> bool:
+        shown.append(len(plan.changes))
+        return False
+
+    out = start_run(INCIDENT, playbook_ref=pb, config_path=None, options=RunOptions(by="t"), aws_opts=AwsOptions(),
+                    state=tmp_path / "s1", stream=io.StringIO(), registry=fakes.registry(),
+                    session=fakes.FakeAws(), prompt=say_no)  # type: ignore[arg-type]
+    assert shown == [1] and out.exit_code == 3 and world.values["a"] == "on"
+    out = start_run(INCIDENT, playbook_ref=pb, config_path=None, options=RunOptions(by="t"), aws_opts=AwsOptions(),
+                    state=tmp_path / "s2", stream=io.StringIO(), registry=fakes.registry(),
+                    session=fakes.FakeAws(), prompt=lambda s, p: True)  # type: ignore[arg-type]
+    assert out.exit_code == 0 and world.values["a"] == "off"
+
+
+def test_one_active_run_per_incident(tmp_path: Path) -> None:
+    fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n")
+    first = run(tmp_path, pb)
+    assert first.exit_code == 3
+    with pytest.raises(RunLockedError) as info:
+        run(tmp_path, pb)
+    assert info.value.exit_code == 4 and first.result["run_id"] in info.value.message
+    assert run(tmp_path, pb, dry_run=True).exit_code == 0  # a dry run holds no lock and needs none
+
+
+def test_cap_on_changes_refuses_with_exit_4_unless_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = fakes.reset({f"k{i}": "on" for i in range(60)})
+    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.keys }}'}\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 4 and out.result["status"] == "refused"
+    assert "exceed the cap of 50" in out.result["steps"][1]["error"]
+    assert world.applied == []
+    assert run(tmp_path, pb, max_changes=60).exit_code == 0
+    assert len(world.applied) == 60
+
+
+def test_protected_and_own_identity_are_never_touched(tmp_path: Path) -> None:
+    world = fakes.reset({"breakglass-admin": "on", "runner": "on"})
+    for key in ("breakglass-admin", "runner"):
+        pb = pb_file(tmp_path, f"  - id: turn-off\n    action: fake.set\n    with: {{keys: [{key}]}}\n")
+        out = run(tmp_path, pb)
+        assert out.exit_code == 4, key
+        assert "protected principal" in out.result["steps"][1]["error"] or "own identity" in out.result["steps"][1]["error"]
+    assert world.applied == []
+
+
+def test_failed_step_skips_dependents_and_reports_partial(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: ok\n    action: fake.set\n    with: {keys: [a]}\n"
+                           "  - id: bad\n    action: fake.broken\n    with: {keys: [b]}\n"
+                           "  - id: after\n    action: fake.set\n    with: {keys: [b]}\n    needs: [bad]\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 1 and out.result["status"] == "partially_contained"
+    by_id = {s["id"]: s for s in out.result["steps"]}
+    assert by_id["bad"]["status"] == "failed" and "AccessDenied" in by_id["bad"]["error"]
+    assert by_id["after"]["status"] == "skipped"
+    assert world.values == {"a": "off", "b": "on"}
+
+
+def test_manual_step_gives_exit_5(tmp_path: Path) -> None:
+    fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: ok\n    action: fake.set\n    with: {keys: [a]}\n"
+                           "  - id: person\n    action: fake.manual\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 5 and out.result["status"] == "needs_manual_action"
+    assert out.result["manual_actions"] == [{"step": "person", "instructions": "call the account owner"}]
+
+
+def test_template_to_missing_output_fails_the_step_clearly(tmp_path: Path) -> None:
+    fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.nothing }}'}\n")
+    out = run(tmp_path, pb)
+    assert out.result["steps"][1]["status"] == "failed"
+    assert "nothing at 'scope.nothing'" in out.result["steps"][1]["error"]
+
+
+def test_resume_after_crash_applies_each_change_once(tmp_path: Path) -> None:
+    """Simulate a process that died after sending one change and before journaling it."""
+    from runner.journal import SqliteJournal
+
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a, b]}\n")
+    out = run(tmp_path, pb)
+    run_id = out.result["run_id"]
+    approve_step(run_id, "gated", by="alice", reason="ok", state=tmp_path / "state")
+    # the dead process had started 'a' (journaled) and AWS had applied it
+    journal = SqliteJournal(tmp_path / "state")
+    plan = journal.steps(run_id)["gated"].plan
+    assert plan is not None
+    change_a = next(c for c in plan["changes"] if c["params"]["key"] == "a")
+    journal.change_started(run_id, "gated", change_a["digest"], change_a)
+    journal.set_run_status(run_id, "applying")
+    journal.close()
+    world.values["a"] = "off"
+    done = resume(tmp_path, run_id)
+    assert done.result["status"] == "contained"
+    assert world.applied == ["b"]  # 'a' was not sent again
+    statuses = {c["params"]["key"]: c["status"] for c in done.result["steps"][1]["changes"]}
+    assert statuses == {"a": "applied", "b": "applied"}
+    applied = [e["target"].rsplit("/", 1)[-1] for e in audit(tmp_path) if e["event"] == "change.applied"]
+    assert sorted(applied) == ["a", "b"]
