@@ -64,7 +64,7 @@ class AwsSession:
         self._settings = settings or AwsSection()
         self._session = boto_session or boto3.Session(profile_name=profile, region_name=region)
         self._boto_config = BotoConfig(
-            retries={"mode": self._settings.retry_mode, "max_attempts": self._settings.max_attempts},
+            retries={"mode": self._settings.retry_mode, "total_max_attempts": self._settings.max_attempts},
             connect_timeout=self._settings.connect_timeout,
             read_timeout=self._settings.read_timeout,
             max_pool_connections=max_pool_connections,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.registry import Registry

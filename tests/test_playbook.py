@@ -102,7 +102,7 @@ def test_render_keeps_types_and_refuses_missing_paths() -> None:
     assert render({"u": "{{ scope.users }}", "r": "stop: {{ incident.id }}"}, scope) == {
         "u": [{"name": "a"}], "r": "stop: INC-1"}
     assert render("{{ scope.users.0.name }}", scope) == "a"
-    with pytest.raises(TemplateError, match="nothing at 'scope.groups'"):
+    with pytest.raises(TemplateError, match=r"nothing at 'scope\.groups'"):
         render("{{ scope.groups }}", scope)
 
 
