@@ -195,9 +195,11 @@ class DiscoverScope(Action[NoParams]):
                     arn = lookup.get(ename, {}).get("Arn", "")
                     if arn in in_scope_arns or any(e["name"] == ename for e in excluded):
                         continue
-                    excluded.append({"kind": kind, "name": ename, "arn": arn, "reason": (
-                        f"holds {policy} but was created before the incident window and is not named "
-                        f"in the incident: a legitimate holder")})
+                    why = (f"protected principal (config guardrails); holds {policy}"
+                           if ctx.config.is_protected(ename, arn) else
+                           f"holds {policy} but was created before the incident window and is not named "
+                           f"in the incident: a legitimate holder")
+                    excluded.append({"kind": kind, "name": ename, "arn": arn, "reason": why})
 
         # -- root
         summary = iam.get_account_summary()["SummaryMap"]

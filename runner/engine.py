@@ -281,8 +281,8 @@ class Engine:
                 continue
             if rec.status == "applying":
                 self.journal.change_finished(self.run.run_id, step.id, rec.digest, "applied")
-                self._event("change.applied", step, operation=rec.change["operation"],
-                            target=rec.change["target"], outcome="applied", confirmed_by="replan")
+                self._event("change.applied", step, operation=rec.change["operation"], target=rec.change["target"],
+                            digest=rec.digest, outcome="applied", confirmed_by="replan")
             if rec.status in ("applying", "applied", "already_done"):
                 change = Change.from_json(rec.change)
                 if change.digest not in {c.digest for c in state.earlier}:
@@ -380,7 +380,7 @@ class Engine:
         state = self.states[step.id]
         rid = self.run.run_id
         self.journal.change_started(rid, step.id, change.digest, change.to_json())
-        self._event("change.started", step, operation=change.operation, target=change.target)
+        self._event("change.started", step, operation=change.operation, target=change.target, digest=change.digest)
         t0 = time.monotonic()
         try:
             outcome = action.apply(ctx, change)
@@ -389,14 +389,14 @@ class Engine:
             state.change_status[change.digest] = "failed"
             self.journal.change_finished(rid, step.id, change.digest, "failed", err)
             self._event("change.failed", step, operation=change.operation, target=change.target,
-                        outcome="failed", error=err, duration_ms=int((time.monotonic() - t0) * 1000))
+                        digest=change.digest, outcome="failed", error=err, duration_ms=int((time.monotonic() - t0) * 1000))
             return f"{change.operation} {change.target}: {err}"
         if self.first_change_at is None:
             self.first_change_at = time.monotonic()
         state.change_status[change.digest] = outcome
         self.journal.change_finished(rid, step.id, change.digest, outcome)
         self._event(f"change.{outcome}", step, operation=change.operation, target=change.target,
-                    outcome=outcome, previous=change.previous, duration_ms=int((time.monotonic() - t0) * 1000))
+                    digest=change.digest, outcome=outcome, previous=change.previous, duration_ms=int((time.monotonic() - t0) * 1000))
         return None
 
     # ------------------------------------------------------------------ settle
