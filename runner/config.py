@@ -85,8 +85,15 @@ def default_config_text() -> str:
     return resources.files("config").joinpath("stanch.toml").read_text(encoding="utf-8")
 
 
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | None = None) -> Config:
-    """Load `path`, else $STANCH_CONFIG, else the packaged default config/stanch.toml."""
+    """Load `path`, else $STANCH_CONFIG, over the packaged default config/stanch.toml."""
     path = path or os.environ.get("STANCH_CONFIG") or None
     label = path or "config/stanch.toml (default)"
     try:
@@ -97,6 +104,8 @@ def load_config(path: str | None = None) -> Config:
         raw: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(label, [Problem("", f"not valid TOML: {exc}")]) from None
+    if path:  # a user's file overrides the packaged defaults key by key
+        raw = _overlay(tomllib.loads(default_config_text()), raw)
     try:
         return Config.model_validate({**raw, "source": label})
     except ValidationError as exc:
