@@ -388,15 +388,17 @@ class Engine:
             err = _describe(exc)
             state.change_status[change.digest] = "failed"
             self.journal.change_finished(rid, step.id, change.digest, "failed", err)
+            ms = int((time.monotonic() - t0) * 1000)
             self._event("change.failed", step, operation=change.operation, target=change.target,
-                        digest=change.digest, outcome="failed", error=err, duration_ms=int((time.monotonic() - t0) * 1000))
+                        digest=change.digest, outcome="failed", error=err, duration_ms=ms)
             return f"{change.operation} {change.target}: {err}"
         if self.first_change_at is None:
             self.first_change_at = time.monotonic()
         state.change_status[change.digest] = outcome
         self.journal.change_finished(rid, step.id, change.digest, outcome)
+        ms = int((time.monotonic() - t0) * 1000)
         self._event(f"change.{outcome}", step, operation=change.operation, target=change.target,
-                    digest=change.digest, outcome=outcome, previous=change.previous, duration_ms=int((time.monotonic() - t0) * 1000))
+                    digest=change.digest, outcome=outcome, previous=change.previous, duration_ms=ms)
         return None
 
     # ------------------------------------------------------------------ settle

@@ -23,7 +23,7 @@ STANCH = [sys.executable, "-m", "runner.cli"]
 
 
 def stanch(*args: str, check_codes: tuple[int, ...] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*STANCH, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    proc = subprocess.run([*STANCH, *args], check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           env=os.environ.copy(), timeout=120, **kw)
     if check_codes is not None:
         assert proc.returncode in check_codes, proc.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_no_terminal_pauses_then_approve_and_resume_from_new_processes(moto_serv
     assert by_id["scale-miner-services"] == "awaiting_approval"
     assert by_id["deactivate-keys"] == "applied"  # credential containment did not wait
     run_id = doc["run_id"]
-    ecs = boto3.client("ecs")
+    ecs = boto3.Session(region_name="us-east-1").client("ecs")
     assert ecs.describe_services(cluster="prod_app", services=["prod_app"])["services"][0]["desiredCount"] == 2
 
     locked = stanch("run", str(incident), check_codes=(4,))
@@ -90,7 +90,7 @@ def test_no_terminal_pauses_then_approve_and_resume_from_new_processes(moto_serv
 
 def test_sigkill_while_applying_then_resume_applies_each_change_once(moto_server: MotoServer, tmp_path: Path) -> None:
     incident, _ = seeded(moto_server, tmp_path)
-    iam = boto3.client("iam")
+    iam = boto3.Session(region_name="us-east-1").client("iam")
     for i in range(60):  # enough work that the kill lands mid-apply
         iam.create_user(UserName=f"persist-{i}")
         iam.create_access_key(UserName=f"persist-{i}")
@@ -158,7 +158,7 @@ def test_unreachable_endpoint_is_reported_without_traceback(tmp_path: Path, monk
     incident = write_json(tmp_path / "i.json", json.loads(Path(__file__).with_name("data").joinpath(
         "incident-cryptojacking.json").read_text()))
     env = {**os.environ, "STANCH_CONFIG": str(write_config(tmp_path))}
-    proc = subprocess.run([*STANCH, "run", str(incident), "--dry-run"], capture_output=True, text=True,
+    proc = subprocess.run([*STANCH, "run", str(incident), "--dry-run"], check=False, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=env, timeout=60)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "AWS unreachable" in proc.stderr
