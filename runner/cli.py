@@ -311,6 +311,25 @@ def playbook_graph(
     typer.echo(load_playbook(ref, builtin_registry()).mermaid(), nl=False)
 
 
+@playbook_app.command("permissions")
+@handle_errors
+def playbook_permissions(ref: Annotated[str, typer.Argument(help="Playbook name or path")]) -> None:
+    """Print the least-privilege IAM policy the runner needs for a playbook (from the actions' declarations)."""
+    from actions.registry import builtin_registry
+    from runner.playbook import load_playbook
+
+    reg = builtin_registry()
+    pb = load_playbook(ref, reg)
+    perms = {"sts:GetCallerIdentity"}
+    for step in pb.steps:
+        cls = reg.get(step.action)
+        if cls is not None:
+            perms.update(cls.permissions)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "StanchPlaybook", "Effect": "Allow", "Action": sorted(perms), "Resource": "*"}]}
+    typer.echo(json.dumps(policy, indent=2))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"stanch {__version__}")
