@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runner.aws import AwsSession  # noqa: E402
-from runner.drill import REGION, seed, simulated_account  # noqa: E402
-from runner.engine import RunOptions  # noqa: E402
-from runner.incident import validate_incident  # noqa: E402
-from runner.service import AwsOptions, start_run  # noqa: E402
+from runner.aws import AwsSession
+from runner.drill import REGION, seed, simulated_account
+from runner.engine import RunOptions
+from runner.incident import validate_incident
+from runner.service import AwsOptions, start_run
 
 
 def one(users: int) -> dict[str, object]:
@@ -48,7 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, nargs="+", default=[1, 10, 50])
     args = parser.parse_args()
-    print(f"{'users':>5} {'changes':>7} {'api_calls':>9} {'first_change_s':>14} {'contained_s':>11} {'wall_s':>7}  status")
+    header = f"{'users':>5} {'changes':>7} {'api_calls':>9} {'first_change_s':>14} {'contained_s':>11} {'wall_s':>7}"
+    print(header + "  status")
     for n in args.users:
         r = one(n)
         print(f"{r['users']:>5} {r['changes']:>7} {r['api_calls']:>9} {r['first_change_s']!s:>14} "
