@@ -356,37 +356,134 @@ class RootParams(Params):
     access_key_id: str | None = None
 
 
+def deny_root_scp() -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "StanchDenyRootPrincipal", "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"StringLike": {"aws:PrincipalArn": "arn:aws:iam::*:root"}}}]})
+
+
+def _root_manual(acct: str, key: str, why: str = "") -> str:
+    return "\n".join([
+        f"Root access key {key} of account {acct} must be deleted by a person{why}:",
+        f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user).",
+        "  2. Open the account menu > Security credentials > Access keys.",
+        f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
+        "root access key too: the root user should have none.",
+        "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
+        "  5. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
+    ])
+
+
+def _find_scp(orgs: Any, name: str) -> str | None:
+    for pol in paginate(orgs, "list_policies", "Policies", Filter="SERVICE_CONTROL_POLICY"):
+        if pol["Name"] == name:
+            return str(pol["Id"])
+    return None
+
+
 @register
 class ContainRootCredentials(Action[RootParams]):
-    """Root access keys cannot be deleted with the account's own IAM API. Without an AWS
-    Organizations role configured this step hands the responder the exact manual steps."""
+    """Contain root access keys. The account's own IAM API cannot delete them: with an AWS
+    Organizations management (or delegated admin) role configured and the account a member, an SCP
+    denies the root principal (reversible: detach it); the keys themselves are deleted by the gated
+    `iam.delete-root-access-keys`. Otherwise the responder gets the exact manual steps."""
 
     name = "iam.contain-root-credentials"
-    summary = "Root access keys: manual deletion steps (or Organizations path when configured)"
+    summary = "Root keys: SCP denying the root principal (Organizations member) or exact manual steps"
     params_model = RootParams
-    permissions = ("iam:GetAccountSummary",)
+    permissions = ("iam:GetAccountSummary", "sts:AssumeRole", "organizations:DescribeOrganization",
+                   "organizations:DescribeAccount", "organizations:ListPolicies",
+                   "organizations:ListPoliciesForTarget", "organizations:CreatePolicy", "organizations:AttachPolicy")
     risk = "reversible"
+    ordered = True
 
     def plan(self, ctx: ActionContext, params: RootParams) -> Plan:
         summary = ctx.aws.client("iam").get_account_summary()["SummaryMap"]
         if int(summary.get("AccountAccessKeysPresent", 0)) == 0:
             return Plan(notes=["the account reports no root access keys: nothing to revoke"])
-        key = params.access_key_id or "(the key id is not in the incident; see the root user's security credentials)"
         acct = ctx.incident.account_id
-        steps = [
-            f"Root access key {key} of account {acct} must be deleted by a person:",
-            f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user).",
-            "  2. Open the account menu > Security credentials > Access keys.",
-            f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
-            "root access key too: the root user should have none.",
-            "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
-            "  5. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
-        ]
-        if ctx.config.root.organizations_role_arn:
-            steps.append("  (An Organizations role is configured, but the SCP / sts:AssumeRoot path is not "
-                         "available in this version of stanch.)")
-        return Plan(manual=["\n".join(steps)],
-                    notes=[f"root access keys present: {summary.get('AccountAccessKeysPresent')}"])
+        key = params.access_key_id or "(id not in the incident; see the root user's security credentials)"
+        role = ctx.config.root.organizations_role_arn
+        if not role:
+            return Plan(manual=[_root_manual(acct, key)], notes=["no Organizations role configured ([root])"])
+        orgs = ctx.aws.assume_role(role).client("organizations")
+        org = orgs.describe_organization()["Organization"]
+        if org["MasterAccountId"] == acct:
+            return Plan(manual=[_root_manual(acct, key, " (SCPs do not apply to the management account)")])
+        try:
+            orgs.describe_account(AccountId=acct)
+        except ClientError as exc:
+            if is_code(exc, "AccountNotFoundException"):
+                return Plan(manual=[_root_manual(acct, key, f" (not a member of organization {org['Id']})")])
+            raise
+        name = f"stanch-deny-root-{acct}"
+        target = f"arn:aws:organizations::{org['MasterAccountId']}:account/{org['Id']}/{acct}"
+        existing = _find_scp(orgs, name)
+        changes = []
+        if existing is None:
+            changes.append(Change("organizations:CreatePolicy", target,
+                                  {"Name": name, "Type": "SERVICE_CONTROL_POLICY", "Content": deny_root_scp(),
+                                   "Description": f"stanch: deny the root principal of {acct} ({ctx.incident.id})"},
+                                  previous={"Policy": None}, reason="SCP that denies every action by root"))
+        attached = existing is not None and any(
+            p["Id"] == existing for p in paginate(orgs, "list_policies_for_target", "Policies", TargetId=acct,
+                                                  Filter="SERVICE_CONTROL_POLICY"))
+        if not attached:
+            changes.append(Change("organizations:AttachPolicy", target, {"PolicyName": name, "TargetId": acct},
+                                  previous={"Attached": False}, reason=f"root key {key} was used by the attacker"))
+        return Plan(changes=changes, notes=["root access keys present; delete them with iam.delete-root-access-keys"])
 
-    def check(self, ctx: ActionContext, params: RootParams) -> list[str]:
-        return []
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        orgs = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).client("organizations")
+        if change.operation == "organizations:CreatePolicy":
+            try:
+                orgs.create_policy(**change.params)
+            except ClientError as exc:
+                if is_code(exc, "DuplicatePolicyException"):
+                    return "already_done"
+                raise
+            return "applied"
+        policy_id = _find_scp(orgs, change.params["PolicyName"])
+        try:
+            orgs.attach_policy(PolicyId=policy_id, TargetId=change.params["TargetId"])
+        except ClientError as exc:
+            if is_code(exc, "DuplicatePolicyAttachmentException"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+@register
+class DeleteRootAccessKeys(Action[RootParams]):
+    """Delete the root user's access keys through sts:AssumeRoot with the
+    IAMDeleteRootUserCredentials task policy (centralized root access). Irreversible."""
+
+    name = "iam.delete-root-access-keys"
+    summary = "Delete root access keys via sts:AssumeRoot (Organizations member accounts; irreversible)"
+    params_model = RootParams
+    permissions = ("sts:AssumeRole", "sts:AssumeRoot", "iam:ListAccessKeys", "iam:DeleteAccessKey")
+    risk = "irreversible"
+
+    def plan(self, ctx: ActionContext, params: RootParams) -> Plan:
+        role = ctx.config.root.organizations_role_arn
+        if not role:
+            return Plan(notes=["no Organizations role configured: root keys are a manual action"])
+        acct = ctx.incident.account_id
+        root = ctx.aws.assume_role(role).assume_root(acct)
+        keys = list(paginate(root.client("iam"), "list_access_keys", "AccessKeyMetadata"))
+        return Plan(changes=[
+            Change("iam:DeleteAccessKey", f"arn:aws:iam::{acct}:root", {"AccessKeyId": k["AccessKeyId"]},
+                   previous={"Status": k["Status"], "CreateDate": iso(k.get("CreateDate"))},
+                   reason="root access key" + (" used by the attacker" if k["AccessKeyId"] == params.access_key_id
+                                               else " (the root user should have none)"))
+            for k in keys])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        root = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id)
+        try:
+            root.client("iam").delete_access_key(**change.params)
+        except ClientError as exc:
+            if is_code(exc, "NoSuchEntity"):
+                return "already_done"
+            raise
+        return "applied"

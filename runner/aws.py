@@ -23,9 +23,14 @@ from runner.errors import DryRunViolation
 READ_PREFIXES = ("Describe", "List", "Get", "Lookup", "Search", "Head", "BatchGet", "Query", "Scan", "Simulate")
 
 
+#: obtain credentials without changing the account; needed to plan the Organizations root path
+CREDENTIAL_OPERATIONS = frozenset({"AssumeRole", "AssumeRoot"})
+ROOT_TASK_DELETE_CREDENTIALS = "arn:aws:iam::aws:policy/root-task/IAMDeleteRootUserCredentials"
+
+
 def is_read_operation(operation: str) -> bool:
-    """True for operations that only read (by the AWS naming convention)."""
-    return operation.startswith(READ_PREFIXES)
+    """True for operations that only read (by the AWS naming convention), or only obtain credentials."""
+    return operation.startswith(READ_PREFIXES) or operation in CREDENTIAL_OPERATIONS
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class AwsSession:
         self.calls: Counter[str] = Counter()
         self.refused: list[str] = []
         self._identity: Identity | None = None
+        self._derived: dict[tuple[str, str], AwsSession] = {}
         self.started = time.monotonic()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -100,6 +106,34 @@ class AwsSession:
             client.meta.events.register("before-call.*.*", self._before_call)
             self._clients[key] = client
             return client
+
+    # -- derived sessions (same guard, counters and settings) -----------------------------------
+    def _derive(self, creds: dict[str, Any]) -> AwsSession:
+        child = AwsSession(
+            region=self.region, endpoint_url=self.endpoint_url, settings=self._settings, dry_run=self.dry_run,
+            boto_session=boto3.Session(aws_access_key_id=creds["AccessKeyId"],
+                                       aws_secret_access_key=creds["SecretAccessKey"],
+                                       aws_session_token=creds.get("SessionToken"), region_name=self.region),
+        )
+        child.calls, child.refused, child._lock = self.calls, self.refused, self._lock
+        return child
+
+    def assume_role(self, role_arn: str) -> AwsSession:
+        """A session as `role_arn` (e.g. the Organizations management role), cached for the run."""
+        key = ("role", role_arn)
+        if key not in self._derived:
+            creds = self.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="stanch")["Credentials"]
+            self._derived[key] = self._derive(creds)
+        return self._derived[key]
+
+    def assume_root(self, account: str, task_policy_arn: str = ROOT_TASK_DELETE_CREDENTIALS) -> AwsSession:
+        """A task-scoped root session in a member account (sts:AssumeRoot), cached for the run."""
+        key = ("root", f"{account}:{task_policy_arn}")
+        if key not in self._derived:
+            creds = self.client("sts").assume_root(
+                TargetPrincipal=account, TaskPolicyArn={"arn": task_policy_arn}, DurationSeconds=900)["Credentials"]
+            self._derived[key] = self._derive(creds)
+        return self._derived[key]
 
     def identity(self) -> Identity:
         """The runner's own identity (sts:GetCallerIdentity), fetched once per run."""
