@@ -117,7 +117,8 @@ _LABELS = {
     "step.planned": "plan", "step.noop": "noop", "step.applied": "applied", "step.failed": "FAILED",
     "step.skipped": "skipped", "step.refused": "REFUSED", "step.manual": "MANUAL",
     "step.awaiting_approval": "waiting", "approval.recorded": "approved", "approval.stale": "drift",
-    "change.started": "→", "change.applied": "✔", "change.already_done": "=", "change.failed": "✘",
+    "change.planned": "  change", "change.started": "→", "change.applied": "✔", "change.already_done": "=",
+    "change.failed": "✘",
     "verify.ok": "verified", "verify.failed": "UNVERIFIED",
 }
 
@@ -128,7 +129,10 @@ def render_human(event: dict[str, Any]) -> str:
     ts = str(event.get("ts", ""))[11:19]
     step = event.get("step") or ""
     parts = []
-    for key in ("operation", "target", "changes", "outcome", "status", "by", "message", "error"):
+    for key in ("incident_id", "playbook", "identity", "operation", "target", "changes", "outcome", "status", "by",
+                "message", "error"):
+        if name != "run.started" and key in ("incident_id", "playbook", "identity"):
+            continue
         if event.get(key) not in (None, "", []):
             val = event[key]
             parts.append(str(val) if key in ("operation", "target", "message") else f"{key}={val}")

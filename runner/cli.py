@@ -157,14 +157,29 @@ def run(
     profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint "
                                                      "(e.g. a moto server); also AWS_ENDPOINT_URL")] = None,
+    cloudtrail: Annotated[list[str] | None, typer.Option("--cloudtrail", help="CloudTrail file(s) (Records[], "
+                                                         "plain or .gz): what they attribute to the attacker "
+                                                         "joins the incident's seeds", metavar="FILE")] = None,
+    allow_sample: Annotated[bool, typer.Option("--allow-sample", help="Act on GuardDuty/Security Hub sample "
+                                               "findings (refused by default)")] = False,
+    allow_archived: Annotated[bool, typer.Option("--allow-archived", help="Act on archived or suppressed "
+                                                 "findings (refused by default)")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled."""
-    from runner.incident import load_incident
+    """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled.
+
+    INCIDENT may be a native incident, a GuardDuty finding (EventBridge event, bare, or boto3
+    get_findings output), a Security Hub finding (ASFF, or a 'Security Hub Findings' event), or
+    CloudTrail records; the format is detected."""
+    from runner.config import load_config
+    from runner.intake import IntakeOptions, load_any, merge_cloudtrail
     from runner.service import AwsOptions, start_run
     from runner.service import state_dir as resolve_state
 
-    inc = load_incident(incident)
+    cfg = load_config(config)
+    inc = load_any(incident, cfg, IntakeOptions(allow_sample=allow_sample, allow_archived=allow_archived))
+    if cloudtrail:
+        inc = merge_cloudtrail(inc, cloudtrail, cfg)
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
                          by=by or default_approver(), reason=reason, max_changes=max_changes)
     outcome = start_run(
@@ -174,6 +189,41 @@ def run(
     )
     emit(outcome.result, output)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@handle_errors
+def detect(
+    files: Annotated[list[str], typer.Argument(help="CloudTrail files: Records[] (plain or .gz), EventBridge "
+                                                    "'AWS API Call via CloudTrail' events, or single records")],
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML (intake.window_hours)")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the incident here instead of "
+                                                                      "stdout")] = None,
+) -> None:
+    """Find the root-key attack chain in CloudTrail and print it as a native incident.
+
+    Root credential use, then identities created or escalated by the attacker's identities, then ECS
+    clusters, task definitions and services they created. Other principals' activity is left out.
+    Exit 0 with the incident, 1 when no chain is found, 2 for unreadable input."""
+    from runner.config import load_config
+    from runner.detect import detect_chain
+    from runner.intake import read_records
+
+    records = read_records(files)
+    chain = detect_chain(records, load_config(config))
+    if chain.incident is None:
+        err(f"stanch detect: no root credential use in {chain.records} records: no attack chain found")
+        raise typer.Exit(EXIT_NOT_CONTAINED)
+    for e in chain.evidence:
+        err(f"  {e['time']}  {e['actor']:<28} {e['event']:<28} {e.get('detail', '')}")
+    err(f"stanch detect: {len(chain.evidence)} of {chain.records} records attributed to the attacker; "
+        f"{chain.ignored} left out (other principals, failures, outside the window)")
+    text = json.dumps(chain.incident.to_json(), indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        err(f"incident written to {output}; contain it with: stanch run {output}")
+    else:
+        typer.echo(text)
 
 
 @app.command()
@@ -351,4 +401,3 @@ def main() -> None:
 if __name__ == "__main__":  # pragma: no cover
     main()
 
-__all__ = ["Path", "app", "main"]

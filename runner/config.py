@@ -50,6 +50,13 @@ class DiscoverySection(_Section):
     )
 
 
+class IntakeSection(_Section):
+    #: finding type pattern -> incident kind
+    kinds: dict[str, str] = Field(default_factory=dict)
+    #: CloudTrail attribution: how long after the first root use attacker activity is followed
+    window_hours: float = Field(24, gt=0)
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -62,6 +69,7 @@ class Config(_Section):
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     routing: dict[str, str] = Field(default_factory=dict)
     root: RootSection = Field(default_factory=RootSection)
+    intake: IntakeSection = Field(default_factory=IntakeSection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:
@@ -72,12 +80,15 @@ class Config(_Section):
                 return True
         return False
 
-    def route(self, kind: str) -> str | None:
-        if kind in self.routing:
-            return self.routing[kind]
-        for pattern, playbook in self.routing.items():
-            if fnmatch.fnmatchcase(kind, pattern):
-                return playbook
+    def route(self, kind: str, types: list[str] | None = None) -> str | None:
+        """The playbook for an incident: by finding type first (exact, then pattern), then by kind."""
+        for key in [*(types or []), kind]:
+            if key in self.routing:
+                return self.routing[key]
+        for key in [*(types or []), kind]:
+            for pattern, playbook in self.routing.items():
+                if fnmatch.fnmatchcase(key, pattern):
+                    return playbook
         return None
 
 

@@ -104,6 +104,26 @@ class Indicators(_Strict):
     source_ips: list[SafeStr] = Field(default_factory=list)
 
 
+class Source(_Strict):
+    """Where the incident came from, when a detector produced it."""
+
+    format: Literal["native", "guardduty", "securityhub", "cloudtrail"]
+    id: SafeStr | None = None
+    types: list[SafeStr] = Field(default_factory=list)
+
+
+class EvidenceEvent(_Strict):
+    """One event that supports the incident (e.g. a CloudTrail record attributed to the attacker)."""
+
+    time: str
+    event: SafeStr
+    actor: SafeStr
+    source: SafeStr | None = None
+    event_id: SafeStr | None = None
+    source_ip: SafeStr | None = None
+    detail: Annotated[str, Field(max_length=2048)] | None = None
+
+
 class Incident(_Strict):
     """A detected incident. Principals and resources are seeds for scope discovery."""
 
@@ -119,6 +139,8 @@ class Incident(_Strict):
     principals: list[Principal] = Field(default_factory=list)
     resources: list[Resource] = Field(default_factory=list)
     indicators: Indicators = Field(default_factory=Indicators)
+    source: Source | None = None
+    evidence: Annotated[list[EvidenceEvent], Field(max_length=5000)] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 
@@ -174,6 +196,10 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
         model = _TAG_MODELS[parent[-1]]
     elif parent and parent[-1] == "indicators":
         model = Indicators
+    elif parent and parent[-1] == "source":
+        model = Source
+    elif len(parent) >= 2 and parent[-2] == "evidence":
+        model = EvidenceEvent
     return [f.alias or name for name, f in model.model_fields.items()]
 
 

@@ -43,11 +43,15 @@ class Outcome:
 def choose_playbook(incident: Incident, ref: str | None, config: Config, registry: Registry) -> Playbook:
     if ref:
         return load_playbook(ref, registry)
-    routed = config.route(incident.kind)
+    types = list(incident.source.types) if incident.source else []
+    routed = config.route(incident.kind, types)
     if routed is None:
+        key = types[0] if types else incident.kind
+        what = f"finding type '{key}'" if types else f"kind '{incident.kind}'"
         raise InputError("incident", [Problem(
-            "kind", f"no playbook is routed for kind '{incident.kind}'; add `{incident.kind} = \"PLAYBOOK\"` "
-                    f"under [routing] in the config, or pass --playbook NAME|PATH")])
+            "source.types" if types else "kind",
+            f"no playbook is routed for {what}; add `\"{key}\" = \"PLAYBOOK\"` under [routing] in the config "
+            f"({config.source}), or pass --playbook NAME|PATH")])
     return load_playbook(routed, registry)
 
 
