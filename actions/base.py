@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -100,6 +101,8 @@ class ActionContext:
     started_at: datetime
     fanout_pool: ThreadPoolExecutor
     protected: Callable[[str, str], bool]
+    #: where this run's evidence bundle goes (state_dir/evidence/<incident>/<run>)
+    evidence_dir: Path | None = None
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order."""

@@ -106,7 +106,8 @@ class DiscoverScope(Action[NoParams]):
                 if g is None:
                     missing.append(f"group {p.name} named in the incident does not exist")
                 elif keep("group", p.name, g["Arn"]):
-                    groups.add(p.name, {"name": p.name, "arn": g["Arn"], "label": p.name}, "named in the incident")
+                    groups.add(p.name, {"name": p.name, "arn": g["Arn"], "label": p.name,
+                                        "created": iso(g.get("CreateDate"))}, "named in the incident")
             elif isinstance(p, RolePrincipal):
                 r = by_role.get(p.name)
                 if r is None:
@@ -132,7 +133,7 @@ class DiscoverScope(Action[NoParams]):
                 add_user(name, f"created {iso(u['CreateDate'])}, {since}")
         for name, g in by_group.items():
             if _in_window(g.get("CreateDate"), start) and keep("group", name, g["Arn"]):
-                groups.add(name, {"name": name, "arn": g["Arn"], "label": name},
+                groups.add(name, {"name": name, "arn": g["Arn"], "label": name, "created": iso(g.get("CreateDate"))},
                            f"created {iso(g['CreateDate'])}, {since}")
         for name, r in by_role.items():
             if r.get("Path", "/").startswith("/aws-service-role/"):

@@ -63,22 +63,30 @@ class AuditLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        self._prev = self._last_hash()
+        self._prev, self._seq = self._tail()
 
-    def _last_hash(self) -> str:
+    def _tail(self) -> tuple[str, int]:
         if not self.path.exists():
-            return GENESIS
+            return GENESIS, 0
         last = ""
         with self.path.open("rb") as fh:
             for raw in fh:
                 if raw.strip():
-                    last = raw.decode("utf-8").rstrip("\n")
-        return line_hash(last) if last else GENESIS
+                    last = raw.decode("utf-8", "replace").rstrip("\n")
+        if not last:
+            return GENESIS, 0
+        try:
+            seq = int(json.loads(last).get("seq", 0))
+        except (ValueError, AttributeError):
+            seq = 0
+        return line_hash(last), seq
 
     def write(self, event: dict[str, Any]) -> None:
         with self._lock:
             record = {k: event.get(k) for k in AUDIT_FIELDS}
             record.update(event)
+            self._seq += 1
+            record["seq"] = self._seq
             record["prev"] = self._prev
             line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -91,24 +99,32 @@ class AuditLog:
 
 
 def verify_chain(path: Path) -> list[str]:
-    """Problems with the audit log's hash chain (empty: intact)."""
+    """Problems with the audit log (empty: intact). Every line carries `seq` (1, 2, ...) and `prev`,
+    the SHA-256 of the line before it, so an edit, a deletion and a reordering each show."""
     problems: list[str] = []
-    prev = GENESIS
-    with path.open("r", encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, 1):
-            line = raw.rstrip("\n")
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                problems.append(f"line {n}: not JSON (edited)")
-                prev = line_hash(line)
-                continue
-            if rec.get("prev") != prev:
-                problems.append(f"line {n}: chain broken (a line before it was edited, deleted or reordered, "
-                                f"or this one was)")
-            prev = line_hash(line)
+    lines = [raw for raw in path.read_text(encoding="utf-8", errors="replace").splitlines() if raw.strip()]
+    by_seq: dict[int, tuple[int, str, str]] = {}  # seq -> (line number, prev, the line)
+    highest = 0
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            seq, prev = int(rec["seq"]), str(rec["prev"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            problems.append(f"line {n}: edited (not an audit record any more)")
+            continue
+        if seq < highest:
+            problems.append(f"line {n}: reordered (seq {seq} comes after seq {highest})")
+        highest = max(highest, seq)
+        by_seq[seq] = (n, prev, line)
+    for seq in range(1, highest + 1):
+        if seq not in by_seq:
+            problems.append(f"seq {seq}: line deleted")
+            continue
+        n, prev, _ = by_seq[seq]
+        expected = GENESIS if seq == 1 else (line_hash(by_seq[seq - 1][2]) if seq - 1 in by_seq else None)
+        if expected is not None and prev != expected:
+            what = "the chain's start" if seq == 1 else f"line {by_seq[seq - 1][0]} (seq {seq - 1})"
+            problems.append(f"{what}: edited (its hash no longer matches what line {n} recorded)")
     return problems
 
 

@@ -312,6 +312,90 @@ def drill(
     raise typer.Exit(0 if card["passed"] else EXIT_NOT_CONTAINED)
 
 
+class ReportFormat(StrEnum):
+    md = "md"
+    html = "html"
+    json = "json"
+
+
+@app.command()
+@handle_errors
+def report(
+    run_id: Annotated[str, typer.Argument(help="The run to report on")],
+    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="md, html (one self-contained page) or json")]
+    = ReportFormat.md,
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """The customer report: executive summary, timeline, risk, actions taken (with approver), what was left
+    alone and why, manual actions, and hardening recommendations with facts read from the account."""
+    from runner.report import build_report, render_html, render_markdown
+    from runner.service import state_dir as resolve_state
+
+    doc = build_report(run_id, resolve_state(state_dir))
+    if fmt is ReportFormat.md:
+        text = render_markdown(doc)
+    elif fmt is ReportFormat.html:
+        text = render_html(doc)
+    else:
+        text = json.dumps(doc, indent=2, default=str) + "\n"
+    if out:
+        out.write_text(text, encoding="utf-8")
+        err(f"report written to {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+evidence_app = typer.Typer(no_args_is_help=True, help="Check evidence bundles.")
+app.add_typer(evidence_app, name="evidence")
+audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@evidence_app.command("verify")
+@handle_errors
+def evidence_verify(bundle: Annotated[Path, typer.Argument(help="The bundle directory (see the run's "
+                                                                "evidence.path)")]) -> None:
+    """Check every file of a bundle against its manifest. Exit 0 intact, 1 altered/missing/extra, 2 no bundle."""
+    from actions.evidence import MANIFEST, verify_bundle
+
+    if not (bundle / MANIFEST).is_file():
+        err(f"stanch: {bundle} is not an evidence bundle (no {MANIFEST})")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        found = verify_bundle(bundle)
+    except (ValueError, KeyError, TypeError) as exc:
+        err(f"stanch: {bundle / MANIFEST} is unreadable or altered: {exc}")
+        raise typer.Exit(EXIT_NOT_CONTAINED) from None
+    bad = False
+    for kind in ("altered", "missing", "extra"):
+        for rel in found[kind]:
+            typer.echo(f"{kind.upper():<8} {rel}")
+            bad = True
+    if bad:
+        raise typer.Exit(EXIT_NOT_CONTAINED)
+    typer.echo(f"intact: every file in {bundle} matches its manifest")
+
+
+@audit_app.command("verify")
+@handle_errors
+def audit_verify(state_dir: StateDir = None) -> None:
+    """Check the audit log's hash chain: edited, deleted or reordered lines. Exit 0 intact, 1 not."""
+    from runner.audit import verify_chain
+    from runner.service import state_dir as resolve_state
+
+    path = resolve_state(state_dir) / "audit.jsonl"
+    if not path.is_file():
+        err(f"stanch: no audit log at {path}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    problems = verify_chain(path)
+    for p in problems:
+        typer.echo(p)
+    if problems:
+        raise typer.Exit(EXIT_NOT_CONTAINED)
+    typer.echo(f"intact: {sum(1 for _ in path.open())} lines, hash chain unbroken")
+
+
 @playbook_app.command("list")
 @handle_errors
 def playbook_list() -> None:

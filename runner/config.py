@@ -57,6 +57,16 @@ class IntakeSection(_Section):
     window_hours: float = Field(24, gt=0)
 
 
+class EvidenceSection(_Section):
+    #: optional write-once copy of every bundle: s3://bucket/prefix/<incident>/<run>/...
+    s3_bucket: str = ""
+    s3_prefix: str = "stanch-evidence"
+    object_lock_mode: Literal["", "GOVERNANCE", "COMPLIANCE"] = ""
+    retention_days: int = Field(365, ge=1)
+    #: how far CloudTrail LookupEvents looks back before window_start
+    lookback_minutes: int = Field(30, ge=0)
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -70,6 +80,7 @@ class Config(_Section):
     routing: dict[str, str] = Field(default_factory=dict)
     root: RootSection = Field(default_factory=RootSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
+    evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:

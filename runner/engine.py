@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -101,8 +102,9 @@ class Engine:
     def __init__(
         self, *, run: RunRecord, playbook: Playbook, incident: Incident, config: Config,
         registry: Registry, journal: Journal, aws: AwsSession, log: Any, options: RunOptions,
-        prompt: Prompt | None = None,
+        prompt: Prompt | None = None, evidence_dir: Path | None = None,
     ) -> None:
+        self.evidence_dir = evidence_dir
         self.run = run
         self.playbook = playbook
         self.incident = incident
@@ -181,6 +183,7 @@ class Engine:
             ctx = ActionContext(
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=datetime.now(UTC), fanout_pool=calls_pool, protected=self._is_protected,
+                evidence_dir=self.evidence_dir,
             )
             self.identity_arn = self.aws.identity().principal_arn
             self.log.info("run.started", identity=self.identity_arn, resume=resume)
@@ -488,6 +491,11 @@ class Engine:
         scope = self._template_scope().get("scope")
         if scope is not None:
             doc["scope"] = scope
+        for step in self.playbook.steps:
+            captured = self.states[step.id].plan
+            if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):
+                doc["evidence"] = {"path": captured.outputs["path"],
+                                   "manifest_sha256": captured.outputs["manifest_sha256"]}
         doc["metrics"] = self.metrics()
         return doc
 

@@ -84,7 +84,8 @@ def start_run(
                       playbook=playbook.name, dry_run=options.dry_run)
     aws = session or _session(aws_opts, incident, config, options.dry_run)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                    journal=journal, aws=aws, log=log, options=options, prompt=prompt)
+                    journal=journal, aws=aws, log=log, options=options, prompt=prompt,
+                    evidence_dir=state / "evidence" / incident.id / run_id)
     try:
         result = engine.execute()
     finally:
@@ -113,7 +114,8 @@ def resume_run(
                           playbook=playbook.name, dry_run=record.dry_run)
         aws = session or _session(aws_opts, incident, config, record.dry_run)
         engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                        journal=journal, aws=aws, log=log, options=opts, prompt=prompt)
+                        journal=journal, aws=aws, log=log, options=opts, prompt=prompt,
+                        evidence_dir=state / "evidence" / incident.id / run_id)
         result = engine.execute(resume=True)
     finally:
         journal.close()

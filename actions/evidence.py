@@ -1,0 +1,386 @@
+"""Evidence capture: the state of everything in scope, before containment destroys it, in a
+bundle of owner-only files with a SHA-256 manifest; optionally uploaded write-once to S3.
+
+What containment changes in IAM (key status, login profile, groups, attachments) is read by scope
+discovery before any change and kept verbatim as `scope.json`; this step adds the documents and
+history around it (policy versions, key last-used, tags, ECS definitions and tasks, CloudTrail)
+concurrently with credential containment, and the compute steps wait for it, since stopping a
+task destroys what it records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
+from actions.common import is_code, iso, paginate
+from actions.registry import register
+from runner import __version__
+from runner.audit import redact_value
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(65536), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Bundle:
+    """Writes owner-only JSON files under one directory and remembers their hashes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (root, root.parent, root.parent.parent):  # evidence/<incident>/<run>
+            folder.chmod(0o700)
+        self.files: dict[str, dict[str, Any]] = {}
+        self.gaps: list[dict[str, str]] = []
+
+    def write(self, rel: str, doc: Any) -> None:
+        path = self.root / rel
+        folder = self.root
+        for part in Path(rel).parent.parts:
+            folder = folder / part
+            folder.mkdir(exist_ok=True, mode=0o700)
+            folder.chmod(0o700)
+        data = json.dumps(redact_value(doc), indent=2, sort_keys=True, default=str).encode() + b"\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    def gap(self, source: str, reason: str) -> None:
+        self.gaps.append({"source": source, "reason": reason})
+
+
+def verify_bundle(root: Path) -> dict[str, list[str]]:
+    """Compare a bundle with its manifest: altered, missing and extra files."""
+    manifest = json.loads((root / MANIFEST).read_text())
+    listed: dict[str, Any] = manifest.get("files", {})
+    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    altered = [rel for rel, meta in listed.items() if rel in present and (
+        (root / rel).stat().st_size != meta["size"] or sha256_file(root / rel) != meta["sha256"])]
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    return {"altered": sorted(altered), "missing": missing, "extra": extra}
+
+
+class EvidenceParams(Params):
+    scope: dict[str, Any]
+
+
+def _policy_doc(iam: Any, arn: str) -> dict[str, Any]:
+    pol = iam.get_policy(PolicyArn=arn)["Policy"]
+    ver = iam.get_policy_version(PolicyArn=arn, VersionId=pol["DefaultVersionId"])["PolicyVersion"]
+    return {"arn": arn, "name": pol.get("PolicyName"), "version": pol["DefaultVersionId"], "document": ver["Document"]}
+
+
+@register
+class CaptureEvidence(Action[EvidenceParams]):
+    """Capture the evidence bundle; with [evidence] s3_bucket set, upload it write-once."""
+
+    name = "evidence.capture"
+    summary = "Capture evidence (IAM, ECS, CloudTrail, account posture) into a hashed bundle; optional S3 copy"
+    params_model = EvidenceParams
+    permissions = (
+        "sts:GetCallerIdentity", "iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
+        "iam:GetLoginProfile", "iam:ListMFADevices", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
+        "iam:ListUserPolicies", "iam:GetUserPolicy", "iam:GetGroup", "iam:ListAttachedGroupPolicies",
+        "iam:ListGroupPolicies", "iam:GetGroupPolicy", "iam:GetRole", "iam:ListAttachedRolePolicies",
+        "iam:ListRolePolicies", "iam:GetRolePolicy", "iam:GetPolicy", "iam:GetPolicyVersion",
+        "iam:GetAccountSummary", "iam:ListUsers", "iam:ListEntitiesForPolicy", "ecs:DescribeClusters",
+        "ecs:DescribeServices", "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks",
+        "cloudtrail:LookupEvents", "events:ListRules", "s3:PutObject", "s3:HeadObject",
+    )
+    risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
+
+    def plan(self, ctx: ActionContext, params: EvidenceParams) -> Plan:
+        root = ctx.evidence_dir
+        if root is None:
+            return Plan(notes=["no evidence directory for this run"])
+        if not (root / MANIFEST).exists():
+            if ctx.aws.dry_run:
+                return Plan(notes=[f"dry run: the evidence bundle would be written to {root}"])
+            capture(ctx, params.scope, Bundle(root))
+        manifest = json.loads((root / MANIFEST).read_text())
+        outputs = {"path": str(root), "manifest_sha256": sha256_file(root / MANIFEST),
+                   "files": len(manifest["files"]), "gaps": manifest.get("gaps", [])}
+        return Plan(outputs=outputs, changes=self._uploads(ctx, root, manifest),
+                    notes=[f"{g['source']}: {g['reason']}" for g in manifest.get("gaps", [])])
+
+    def _uploads(self, ctx: ActionContext, root: Path, manifest: dict[str, Any]) -> list[Change]:
+        cfg = ctx.config.evidence
+        if not cfg.s3_bucket:
+            return []
+        s3 = ctx.aws.client("s3")
+        prefix = f"{cfg.s3_prefix.strip('/')}/{ctx.incident.id}/{ctx.run_id}"
+        changes = []
+        entries = [*manifest["files"].items(), (MANIFEST, {"sha256": sha256_file(root / MANIFEST),
+                                                           "size": (root / MANIFEST).stat().st_size})]
+        for rel, meta in entries:
+            key = f"{prefix}/{rel}"
+            try:
+                s3.head_object(Bucket=cfg.s3_bucket, Key=key)
+                continue
+            except ClientError as exc:
+                if not is_code(exc, "404", "NoSuchKey", "NotFound"):
+                    raise
+            changes.append(Change("s3:PutObject", f"arn:aws:s3:::{cfg.s3_bucket}/{key}",
+                                  {"Bucket": cfg.s3_bucket, "Key": key, "File": rel, "SHA256": meta["sha256"]},
+                                  previous={"Object": None}, reason="write-once copy of the evidence"))
+        return changes
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        cfg = ctx.config.evidence
+        assert ctx.evidence_dir is not None
+        body = (ctx.evidence_dir / change.params["File"]).read_bytes()
+        digest = hashlib.sha256(body).digest()
+        if digest.hex() != change.params["SHA256"]:
+            raise ClientError({"Error": {"Code": "EvidenceAltered",
+                                         "Message": f"{change.params['File']} changed since it was hashed"}},
+                              "PutObject")
+        import base64
+
+        extra: dict[str, Any] = {}
+        if cfg.object_lock_mode:
+            extra = {"ObjectLockMode": cfg.object_lock_mode,
+                     "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=cfg.retention_days)}
+        try:
+            ctx.aws.client("s3").put_object(Bucket=change.params["Bucket"], Key=change.params["Key"], Body=body,
+                                            ChecksumSHA256=base64.b64encode(digest).decode(), IfNoneMatch="*",
+                                            **extra)
+        except ClientError as exc:
+            if is_code(exc, "PreconditionFailed", "412"):
+                return "already_done"
+            raise
+        return "applied"
+
+
+# ------------------------------------------------------------------ capture
+
+def capture(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
+    started = datetime.now(UTC)
+    identity = ctx.aws.client("sts").get_caller_identity()
+    bundle.write("incident.json", ctx.incident.to_json())
+    bundle.write("scope.json", scope)  # read before any change was made
+    iam = ctx.aws.client("iam")
+    jobs: list[Callable[[], None]] = [
+        lambda: _users(iam, scope, bundle),
+        lambda: _groups_and_roles(iam, scope, bundle),
+        lambda: _ecs(ctx, scope, bundle),
+        lambda: _cloudtrail(ctx, scope, bundle),
+    ]
+    ctx.fanout(lambda job: job(), jobs)
+    bundle.write("account-summary.json", iam.get_account_summary()["SummaryMap"])
+    manifest = {
+        "schema": "stanch.evidence/v1", "tool": f"stanch {__version__}", "run_id": ctx.run_id,
+        "incident_id": ctx.incident.id, "account_id": ctx.incident.account_id,
+        "collector": {"arn": identity.get("Arn"), "account": identity.get("Account"),
+                      "user_id": identity.get("UserId")},
+        "started_at": iso(started), "finished_at": iso(datetime.now(UTC)),
+        "files": dict(sorted(bundle.files.items())), "gaps": bundle.gaps,
+    }
+    write_manifest(bundle.root, manifest)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+    fd = os.open(root / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safe(fn: Callable[..., Any], key: str | None = None, **kwargs: Any) -> Any:
+    """fn(**kwargs)[key], or None when the entity is gone."""
+    try:
+        out = fn(**kwargs)
+    except ClientError as exc:
+        if is_code(exc, "NoSuchEntity"):
+            return None
+        raise
+    return out[key] if key else out
+
+
+def _users(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
+    for u in scope.get("users", []):
+        name = u["name"]
+        user = _safe(iam.get_user, "User", UserName=name)
+        if user is None:
+            bundle.gap(f"iam:user/{name}", "the user no longer exists")
+            continue
+        keys = []
+        for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
+            last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"])
+            keys.append({**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")})
+        login = _safe(iam.get_login_profile, "LoginProfile", UserName=name)
+        inline = {p: _safe(iam.get_user_policy, "PolicyDocument", UserName=name, PolicyName=p)
+                  for p in paginate(iam, "list_user_policies", "PolicyNames", UserName=name)}
+        attached = [_policy_doc(iam, p["PolicyArn"]) for p in
+                    paginate(iam, "list_attached_user_policies", "AttachedPolicies", UserName=name)]
+        bundle.write(f"iam/users/{name}.json", {
+            "user": user, "access_keys": keys,
+            "login_profile": {"present": login is not None, **({"created": login.get("CreateDate")} if login else {})},
+            "mfa_devices": list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=name)),
+            "groups": [g["GroupName"] for g in paginate(iam, "list_groups_for_user", "Groups", UserName=name)],
+            "attached_policies": attached, "inline_policies": inline,
+            "state_before_containment": u,
+        })
+
+
+def _groups_and_roles(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
+    for g in scope.get("groups", []):
+        name = g["name"]
+        group = _safe(iam.get_group, GroupName=name)
+        if group is None:
+            bundle.gap(f"iam:group/{name}", "the group no longer exists")
+            continue
+        bundle.write(f"iam/groups/{name}.json", {
+            "group": group["Group"], "members": [u["UserName"] for u in group.get("Users", [])],
+            "attached_policies": [_policy_doc(iam, p["PolicyArn"]) for p in
+                                  paginate(iam, "list_attached_group_policies", "AttachedPolicies", GroupName=name)],
+            "inline_policies": {p: _safe(iam.get_group_policy, "PolicyDocument", GroupName=name, PolicyName=p)
+                                for p in paginate(iam, "list_group_policies", "PolicyNames", GroupName=name)},
+        })
+    for r in scope.get("roles", []):
+        name = r["name"]
+        role = _safe(iam.get_role, "Role", RoleName=name)
+        if role is None:
+            bundle.gap(f"iam:role/{name}", "the role no longer exists")
+            continue
+        bundle.write(f"iam/roles/{name}.json", {
+            "role": role,
+            "attached_policies": [_policy_doc(iam, p["PolicyArn"]) for p in
+                                  paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)],
+            "inline_policies": {p: _safe(iam.get_role_policy, "PolicyDocument", RoleName=name, PolicyName=p)
+                                for p in paginate(iam, "list_role_policies", "PolicyNames", RoleName=name)},
+        })
+
+
+def _ecs(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
+    by_cluster: dict[tuple[str, str], dict[str, list[Any]]] = {}
+    for s in scope.get("ecs_services", []):
+        by_cluster.setdefault((s["region"], s["cluster"]), {"services": [], "tasks": []})["services"].append(s)
+    for t in scope.get("ecs_tasks", []):
+        by_cluster.setdefault((t["region"], t["cluster"]), {"services": [], "tasks": []})["tasks"].append(t)
+    for (region, cluster), items in sorted(by_cluster.items()):
+        ecs = ctx.aws.client("ecs", region)
+        names = [s["name"] for s in items["services"]]
+        services = []
+        for i in range(0, len(names), 10):
+            services += ecs.describe_services(cluster=cluster, services=names[i:i + 10])["services"]
+        task_arns = [t["arn"] for t in items["tasks"]]
+        tasks = []
+        for i in range(0, len(task_arns), 100):
+            tasks += ecs.describe_tasks(cluster=cluster, tasks=task_arns[i:i + 100])["tasks"]
+        td_arns = sorted({s["taskDefinition"] for s in services} | {t["taskDefinitionArn"] for t in tasks})
+        defs = [ecs.describe_task_definition(taskDefinition=a)["taskDefinition"] for a in td_arns]
+        bundle.write(f"ecs/{region}/{cluster}.json", {
+            "cluster": (ecs.describe_clusters(clusters=[cluster])["clusters"] or [None])[0],
+            "services": services, "tasks": tasks, "task_definitions": defs,
+        })
+
+
+def _cloudtrail(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
+    inc = ctx.incident
+    start = (inc.window_start_dt or datetime.now(UTC) - timedelta(days=1)) - timedelta(
+        minutes=ctx.config.evidence.lookback_minutes)
+    lookups = [("AccessKeyId", k["id"]) for k in scope.get("access_keys", [])]
+    lookups += [("Username", u["name"]) for u in scope.get("users", [])]
+    root_key = (scope.get("root") or {}).get("access_key_id")
+    if root_key:
+        lookups.append(("AccessKeyId", root_key))
+    events: list[dict[str, Any]] = []
+    ct = ctx.aws.client("cloudtrail")
+    for key, value in lookups:
+        try:
+            for e in paginate(ct, "lookup_events", "Events", StartTime=start,
+                              LookupAttributes=[{"AttributeKey": key, "AttributeValue": value}]):
+                events.append({**e, "CloudTrailEvent": json.loads(e["CloudTrailEvent"])
+                               if isinstance(e.get("CloudTrailEvent"), str) else e.get("CloudTrailEvent")})
+        # LookupEvents can be unavailable (permissions, region, an emulator such as moto): a gap, not a failure
+        except (ClientError, BotoCoreError, NotImplementedError) as exc:
+            bundle.gap("cloudtrail:LookupEvents", f"{type(exc).__name__}: {exc}"[:300])
+            break
+    bundle.write("cloudtrail/lookup-events.json", {"start": iso(start), "lookups": lookups, "events": events})
+    if inc.evidence:
+        bundle.write("cloudtrail/incident-events.json", [e.model_dump(mode="json") for e in inc.evidence])
+
+
+class PostureParams(Params):
+    pass
+
+
+@register
+class RecordPosture(Action[PostureParams]):
+    """After containment: the account facts the report's hardening section needs (root MFA and keys,
+    users without MFA, old or unused keys, AdministratorAccess holders, EventBridge monitoring),
+    added to this run's evidence bundle and its manifest."""
+
+    name = "evidence.posture"
+    summary = "Record the account's security posture after containment into the evidence bundle (read-only)"
+    params_model = PostureParams
+    permissions = ("iam:ListUsers", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed", "iam:ListMFADevices",
+                   "iam:ListEntitiesForPolicy", "iam:GetAccountSummary", "events:ListRules")
+    risk = "read-only"
+
+    def plan(self, ctx: ActionContext, params: PostureParams) -> Plan:
+        root = ctx.evidence_dir
+        if root is None or not (root / MANIFEST).exists():
+            return Plan(notes=["no evidence bundle for this run: posture not recorded"])
+        manifest = json.loads((root / MANIFEST).read_text())
+        if "posture.json" not in manifest["files"]:
+            bundle = Bundle(root)
+            _posture(ctx, bundle)
+            bundle.write("account-summary-after.json", ctx.aws.client("iam").get_account_summary()["SummaryMap"])
+            manifest["files"] = dict(sorted({**manifest["files"], **bundle.files}.items()))
+            manifest["gaps"] = [*manifest.get("gaps", []), *bundle.gaps]
+            manifest["posture_read_at"] = iso(datetime.now(UTC))
+            write_manifest(root, manifest)
+        return Plan(outputs={"path": str(root), "manifest_sha256": sha256_file(root / MANIFEST),
+                             "files": len(manifest["files"])})
+
+
+def _posture(ctx: ActionContext, bundle: Bundle) -> None:
+    """Facts for the report's hardening section: MFA, key age and use, admin holders, monitoring."""
+    iam = ctx.aws.client("iam")
+    users = []
+    for u in paginate(iam, "list_users", "Users"):
+        name = u["UserName"]
+        keys = []
+        for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
+            last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"]) or {}
+            keys.append({"id": k["AccessKeyId"], "status": k["Status"], "created": iso(k.get("CreateDate")),
+                         "last_used": iso(last.get("AccessKeyLastUsed", {}).get("LastUsedDate"))})
+        users.append({"name": name, "created": iso(u.get("CreateDate")), "keys": keys,
+                      "mfa": bool(list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=name)))})
+    admins: dict[str, list[str]] = {"users": [], "groups": [], "roles": []}
+    for arn in ctx.config.discovery.admin_policy_arns:
+        ents = _safe(iam.list_entities_for_policy, PolicyArn=arn) or {}
+        admins["users"] += [e["UserName"] for e in ents.get("PolicyUsers", [])]
+        admins["groups"] += [e["GroupName"] for e in ents.get("PolicyGroups", [])]
+        admins["roles"] += [e["RoleName"] for e in ents.get("PolicyRoles", [])]
+    rules = []
+    try:
+        rules = [{"name": r.get("Name"), "state": r.get("State"), "pattern": r.get("EventPattern")}
+                 for r in paginate(ctx.aws.client("events"), "list_rules", "Rules")]
+    except ClientError as exc:
+        bundle.gap("events:ListRules", str(exc)[:300])
+    bundle.write("posture.json", {"users": users, "admin_holders": admins, "eventbridge_rules": rules,
+                                  "read_at": iso(datetime.now(UTC))})
