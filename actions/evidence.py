@@ -10,6 +10,7 @@ task destroys what it records.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -104,7 +105,7 @@ class CaptureEvidence(Action[EvidenceParams]):
         "iam:ListRolePolicies", "iam:GetRolePolicy", "iam:GetPolicy", "iam:GetPolicyVersion",
         "iam:GetAccountSummary", "iam:ListUsers", "iam:ListEntitiesForPolicy", "ecs:DescribeClusters",
         "ecs:DescribeServices", "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks",
-        "cloudtrail:LookupEvents", "events:ListRules", "s3:PutObject", "s3:HeadObject",
+        "cloudtrail:LookupEvents", "events:ListRules", "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",
     )
     risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
 
@@ -153,16 +154,14 @@ class CaptureEvidence(Action[EvidenceParams]):
             raise ClientError({"Error": {"Code": "EvidenceAltered",
                                          "Message": f"{change.params['File']} changed since it was hashed"}},
                               "PutObject")
-        import base64
-
         extra: dict[str, Any] = {}
         if cfg.object_lock_mode:
             extra = {"ObjectLockMode": cfg.object_lock_mode,
                      "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=cfg.retention_days)}
         try:
-            ctx.aws.client("s3").put_object(Bucket=change.params["Bucket"], Key=change.params["Key"], Body=body,
-                                            ChecksumSHA256=base64.b64encode(digest).decode(), IfNoneMatch="*",
-                                            **extra)
+            ctx.aws.client("s3").put_object(
+                Bucket=change.params["Bucket"], Key=change.params["Key"], Body=body, IfNoneMatch="*",
+                ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest).decode(), **extra)
         except ClientError as exc:
             if is_code(exc, "PreconditionFailed", "412"):
                 return "already_done"

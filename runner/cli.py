@@ -393,7 +393,7 @@ def audit_verify(state_dir: StateDir = None) -> None:
         typer.echo(p)
     if problems:
         raise typer.Exit(EXIT_NOT_CONTAINED)
-    typer.echo(f"intact: {sum(1 for _ in path.open())} lines, hash chain unbroken")
+    typer.echo(f"intact: {len(path.read_text().splitlines())} lines, hash chain unbroken")
 
 
 @playbook_app.command("list")

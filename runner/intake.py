@@ -80,8 +80,8 @@ class Doc:
 def detect_format(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "unknown"
-    if "kind" in doc and "account_id" in doc:
-        return "native"
+    if {"kind", "account_id", "schema", "detected_at", "principals"} & set(doc):
+        return "native"  # validated strictly: a typo in one field gets its own message
     detail_type = doc.get("detail-type")
     if detail_type == "GuardDuty Finding":
         return "guardduty-eventbridge"

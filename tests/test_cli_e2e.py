@@ -129,8 +129,11 @@ def test_no_secret_reaches_output_logs_or_journal(moto_server: MotoServer, tmp_p
     password = "Drill-only-pa55word!"
     proc = stanch("run", str(incident), "--approve-all", "--output", "json", check_codes=(0, 5))
     state = Path(os.environ["STANCH_STATE_DIR"])
+    run_id = json.loads(proc.stdout)["run_id"]
+    reports = [stanch("report", run_id, "--format", fmt, check_codes=(0,)).stdout for fmt in ("md", "html", "json")]
+    assert "svc" in reports[0] or "cluster_admin" in reports[0]
     files = [p.read_bytes().decode("utf-8", "replace") for p in state.rglob("*") if p.is_file()]
-    for text in [proc.stdout, proc.stderr, *files]:
+    for text in [proc.stdout, proc.stderr, *reports, *files]:
         assert secret not in text
         assert password not in text
 

@@ -106,9 +106,12 @@ def test_cli_bad_incident_exits_2_without_traceback_or_aws(tmp_path: Path, monke
 
 
 def test_cli_reads_stdin() -> None:
-    result = CliRunner().invoke(app, ["run", "-", "--dry-run"], input="{}")
+    result = CliRunner().invoke(app, ["run", "-", "--dry-run"], input='{"kind": "cryptojacking", "acount_id": "1"}')
     assert result.exit_code == 2
     assert "<stdin>" in result.output and "id: required field is missing" in result.output
+    assert "did you mean 'account_id'?" in result.output
+    empty_object = CliRunner().invoke(app, ["run", "-", "--dry-run"], input="{}")
+    assert empty_object.exit_code == 2 and "unrecognised input" in empty_object.output
 
 
 def test_cli_missing_file() -> None:

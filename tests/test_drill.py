@@ -1,0 +1,32 @@
+"""`stanch drill`, the main job: exit 0 with a scorecard only when every check holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from runner.cli import app
+
+
+def test_drill_contains_and_scores(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["drill", "--state-dir", str(tmp_path), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout)
+    assert card["passed"] is True and card["run_status"] == "needs_manual_action"
+    checks = {c["check"]: c["ok"] for c in card["checks"]}
+    assert checks["attacker's own key denied (moto IAM enforcement)"]
+    assert checks["a second run of the same incident applies nothing"]
+    assert {c["operation"] for c in card["contained"]} >= {
+        "iam:UpdateAccessKey", "iam:PutUserPolicy", "iam:DeleteLoginProfile", "iam:RemoveUserFromGroup",
+        "iam:DetachGroupPolicy", "ecs:UpdateService", "ecs:StopTask"}
+    assert {e["name"] for e in card["left_alone"]} >= {"platform-admins", "breakglass-admin", "web/frontend"}
+    assert card["metrics"]["api_calls_total"] > 0 and card["metrics"]["time_to_contained_s"] is not None
+
+
+def test_drill_dry_run_changes_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "[PASS] nothing changed in the account" in result.stdout
+    assert "DRILL PASSED" in result.stdout
