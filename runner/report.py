@@ -105,7 +105,7 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
                      "what": f"detected: {incident.get('summary') or incident['kind']}",
                      "source": (incident.get("source") or {}).get("format", "incident")})
     for a in actions:
-        timeline.append({"time": a["time"], "who": "stanch", "what": f"{a['operation']} {a['target']}",
+        timeline.append({"time": a["time"], "who": "stanch", "what": f"{a['operation']}: {a['what'] or a['target']}",
                          "source": "stanch"})
     timeline = sorted((t for t in timeline if _ts(t["time"])), key=lambda t: _ts(t["time"]))  # type: ignore[arg-type,return-value]
     timeline = list({(t["time"], t["what"]): t for t in timeline}.values())
@@ -203,7 +203,7 @@ def _executive(root_key: str | None, users: list[str], groups: list[str], servic
         made.append(f"the group{'s' if len(groups) > 1 else ''} {', '.join(groups)}")
     text = f"Someone gained unauthorized access to your AWS environment using {how}."
     if made:
-        text += " They " + " and ".join(made) + (", granted full administrator rights" if admin else "") + "."
+        text += " They " + " and ".join(made) + (", and granted full administrator rights" if admin else "") + "."
     if services:
         text += (f" They then ran a cryptocurrency miner ({', '.join(images) or 'unrecognised image'}) as the ECS "
                  f"service{'s' if len(services) > 1 else ''} {', '.join(services)}. This is cryptojacking: it steals "
