@@ -56,7 +56,7 @@ class DiscoverScope(Action[NoParams]):
         "iam:GetLoginProfile", "iam:ListMFADevices", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
         "iam:ListUserPolicies", "iam:ListEntitiesForPolicy", "iam:GetAccountSummary", "sts:GetCallerIdentity",
         "ecs:ListClusters", "ecs:ListServices", "ecs:DescribeServices", "ecs:DescribeTaskDefinition",
-        "ecs:ListTasks", "ecs:DescribeTasks",
+        "ecs:ListTasks", "ecs:DescribeTasks", "cloudtrail:LookupEvents", "s3:ListBucket", "s3:GetObject",
     )
 
     def plan(self, ctx: ActionContext, params: NoParams) -> Plan:
@@ -212,8 +212,11 @@ class DiscoverScope(Action[NoParams]):
             + ("" if present else "; the account reports no root access keys now"),
         }
 
+        from actions.trail import attributed_ecs
+
+        attributed, trail_notes = attributed_ecs(ctx, list(users.items), list(roles.items))
         services, tasks, ecs_excluded = discover_ecs(ctx, {u["arn"] for u in users.items.values()}
-                                                     | {r["arn"] for r in roles.items.values()})
+                                                     | {r["arn"] for r in roles.items.values()}, attributed)
         task_defs = list(dict.fromkeys([s["task_definition"] for s in services]
                                        + [t["task_definition"] for t in tasks if t.get("task_definition")]))
         clusters = list({(s["region"], s["cluster"]): {"name": s["cluster"], "region": s["region"],
@@ -226,7 +229,7 @@ class DiscoverScope(Action[NoParams]):
             "ecs_task_definitions": [{"arn": a, "label": a.rsplit("/", 1)[-1]} for a in task_defs],
             "excluded": excluded + ecs_excluded, "missing": missing,
         }
-        return Plan(outputs=scope, notes=missing)
+        return Plan(outputs=scope, notes=missing + trail_notes)
 
 
 def keep_quiet(ctx: ActionContext, name: str, arn: str, self_arn: str) -> bool:
@@ -234,7 +237,7 @@ def keep_quiet(ctx: ActionContext, name: str, arn: str, self_arn: str) -> bool:
 
 
 def discover_ecs(
-    ctx: ActionContext, attacker_arns: set[str]
+    ctx: ActionContext, attacker_arns: set[str], attributed: dict[tuple[str, str], str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """ECS services and tasks in scope, per region, and the services left alone."""
     inc = ctx.incident
@@ -275,6 +278,8 @@ def discover_ecs(
                                        f"{', '.join(sorted(hits))}")
                     if (cluster, name) in named_services:
                         reasons.append("named in the incident")
+                    if (cluster, name) in (attributed or {}):
+                        reasons.append((attributed or {})[(cluster, name)])
                     if svc.get("createdBy") in attacker_arns:
                         reasons.append(f"created by in-scope principal {svc['createdBy']}")
                     if cluster in named_clusters and _in_window(svc.get("createdAt"), start):
