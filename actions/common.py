@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
@@ -17,6 +17,17 @@ def error_code(exc: ClientError) -> str:
 
 def is_code(exc: ClientError, *codes: str) -> bool:
     return error_code(exc) in codes
+
+
+def tolerant_call(call: Callable[..., Any], params: dict[str, Any], *gone: str) -> Literal["applied", "already_done"]:
+    """Perform one write; the expected 'already gone' error codes mean the change is already done."""
+    try:
+        call(**params)
+    except ClientError as exc:
+        if is_code(exc, *gone):
+            return "already_done"
+        raise
+    return "applied"
 
 
 def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> Iterator[Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
-from actions.common import ClusterRef, ServiceRef, TaskDefinitionRef, TaskRef, is_code, paginate
+from actions.common import ClusterRef, ServiceRef, TaskDefinitionRef, TaskRef, is_code, paginate, tolerant_call
 from actions.registry import register
 
 GONE = ("ServiceNotFoundException", "ServiceNotActiveException", "ClusterNotFoundException")
@@ -66,14 +66,8 @@ class ScaleServicesToZero(Action[ServicesParams]):
         return Plan(changes=[c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        region = change.target.split(":")[3]
-        try:
-            ctx.aws.client("ecs", region).update_service(**change.params)
-        except ClientError as exc:
-            if is_code(exc, *GONE):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).update_service, change.params,
+                             *GONE)
 
 
 class TasksParams(Params):
@@ -128,14 +122,8 @@ class StopTasks(Action[TasksParams]):
         return Plan(changes=[c for cs in ctx.fanout(read, list(clusters.items())) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        region = change.target.split(":")[3]
-        try:
-            ctx.aws.client("ecs", region).stop_task(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "InvalidParameterException", *GONE):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).stop_task, change.params,
+                             "InvalidParameterException", *GONE)
 
 
 # ------------------------------------------------------------------ eradication (irreversible)
@@ -163,13 +151,8 @@ class DeleteServices(Action[ServicesParams]):
         return Plan(changes=[c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("ecs", change.target.split(":")[3]).delete_service(**change.params)
-        except ClientError as exc:
-            if is_code(exc, *GONE):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).delete_service, change.params,
+                             *GONE)
 
 
 class TaskDefinitionsParams(Params):
@@ -239,10 +222,5 @@ class DeleteClusters(Action[ClustersParams]):
         return Plan(changes=changes, notes=notes)
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("ecs", change.target.split(":")[3]).delete_cluster(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "ClusterNotFoundException"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).delete_cluster, change.params,
+                             "ClusterNotFoundException")

@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
-from actions.common import AccessKeyRef, GroupRef, RoleRef, UserRef, is_code, iso, paginate, user_arn
+from actions.common import AccessKeyRef, GroupRef, RoleRef, UserRef, is_code, iso, paginate, tolerant_call, user_arn
 from actions.registry import register
 
 QUARANTINE_POLICY = "stanch-quarantine"
@@ -51,13 +51,7 @@ class DeactivateAccessKeys(Action[KeysParams]):
         return Plan(changes=[c for changes in ctx.fanout(read, sorted(wanted)) for c in changes])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("iam").update_access_key(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("iam").update_access_key, change.params, "NoSuchEntity")
 
 
 class UsersParams(Params):
@@ -93,13 +87,7 @@ class DeleteLoginProfiles(Action[UsersParams]):
         return Plan(changes=[c for c in ctx.fanout(read, params.users) if c])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("iam").delete_login_profile(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("iam").delete_login_profile, change.params, "NoSuchEntity")
 
 
 @register
@@ -136,13 +124,7 @@ class DeactivateMfaDevices(Action[UsersParams]):
         return Plan(changes=[c for cs in ctx.fanout(read, params.users) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("iam").deactivate_mfa_device(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("iam").deactivate_mfa_device, change.params, "NoSuchEntity")
 
 
 class PrincipalsParams(Params):
@@ -212,16 +194,8 @@ class QuarantinePrincipals(Action[PrincipalsParams]):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         iam = ctx.aws.client("iam")
-        try:
-            if change.operation == "iam:PutUserPolicy":
-                iam.put_user_policy(**change.params)
-            else:
-                iam.put_role_policy(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"  # the principal was deleted: nothing left to quarantine
-            raise
-        return "applied"
+        put = iam.put_user_policy if change.operation == "iam:PutUserPolicy" else iam.put_role_policy
+        return tolerant_call(put, change.params, "NoSuchEntity")  # a deleted principal needs no quarantine
 
 
 @register
@@ -252,13 +226,7 @@ class RemoveFromGroups(Action[UsersParams]):
         return Plan(changes=[c for cs in ctx.fanout(read, params.users) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        try:
-            ctx.aws.client("iam").remove_user_from_group(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(ctx.aws.client("iam").remove_user_from_group, change.params, "NoSuchEntity")
 
 
 class AdminParams(Params):
@@ -343,13 +311,7 @@ class DetachAdminPolicies(Action[AdminParams]):
         iam = ctx.aws.client("iam")
         call = {"iam:DetachUserPolicy": iam.detach_user_policy, "iam:DetachGroupPolicy": iam.detach_group_policy,
                 "iam:DetachRolePolicy": iam.detach_role_policy}[change.operation]
-        try:
-            call(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(call, change.params, "NoSuchEntity")
 
 
 class RootParams(Params):
@@ -480,10 +442,4 @@ class DeleteRootAccessKeys(Action[RootParams]):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         root = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id)
-        try:
-            root.client("iam").delete_access_key(**change.params)
-        except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return "already_done"
-            raise
-        return "applied"
+        return tolerant_call(root.client("iam").delete_access_key, change.params, "NoSuchEntity")

@@ -248,8 +248,39 @@ class _Builder:
                 self.principal({"type": "role", "name": name})
 
 
-def _finish(label: str, doc: dict[str, Any]) -> Incident:
-    return validate_incident(label, {k: v for k, v in doc.items() if v not in (None, [], {})})
+class _Findings(_Builder):
+    """What several findings of one detector say, merged into one incident."""
+
+    RANK = ("low", "medium", "high", "critical")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.types: list[str] = []
+        self.accounts: set[str] = set()
+        self.regions: set[str] = set()
+        self.first_seen: list[str] = []
+        self.updated: list[str] = []
+        self.severities: list[str] = []
+
+    def incident(self, label: str, *, prefix: str, raw_id: str, title: str | None, fmt: str,
+                 source_id: str | None, config: Config) -> Incident:
+        if len(self.accounts) > 1:
+            raise InputError(label, [Problem("", f"findings from several accounts ({', '.join(sorted(self.accounts))});"
+                                                 " give them one account at a time")])
+        if not self.regions:
+            raise InputError(label, [Problem("Region", "no region in the finding")])
+        doc = {
+            "id": short_id(prefix, raw_id or ",".join(self.types)),
+            "kind": kind_for(self.types, config), "account_id": self.accounts.pop(), "region": sorted(self.regions)[0],
+            "detected_at": max(self.updated) if self.updated else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "window_start": min(self.first_seen) if self.first_seen else None,
+            "severity": max(self.severities, key=self.RANK.index) if self.severities else None,
+            "summary": (title or self.types[0])[:4000],
+            "principals": self.principals, "resources": self.resources,
+            "indicators": {"images": self.images} if self.images else {},
+            "source": {"format": fmt, "id": source_id, "types": self.types},
+        }
+        return validate_incident(label, {k: v for k, v in doc.items() if v not in (None, [], {})})
 
 
 # ------------------------------------------------------------------ GuardDuty
@@ -257,14 +288,12 @@ def _finish(label: str, doc: dict[str, Any]) -> Incident:
 def guardduty_incident(label: str, findings: list[Doc], config: Config, options: IntakeOptions) -> Incident:
     if not findings:
         raise InputError(label, [Problem("", "no findings in the document")])
-    b = _Builder()
-    types: list[str] = []
-    accounts, regions, first_seen, updated, severities = set(), set(), [], [], []
+    b = _Findings()
     for f in findings:
         if not isinstance(f.value, dict):
             raise InputError(label, [Problem(f.path, "a finding must be a JSON object")])
         ftype = f.at("type").need_str()
-        types.append(ftype)
+        b.types.append(ftype)
         if f.at("service", "additionalInfo", "sample").truthy() and not options.allow_sample:
             raise InputError(label, [Problem(f.at("service", "additionalInfo", "sample").path,
                                              f"{ftype} is a GuardDuty sample finding; refusing to act on it "
@@ -272,16 +301,16 @@ def guardduty_incident(label: str, findings: list[Doc], config: Config, options:
         if f.at("service", "archived").truthy() and not options.allow_archived:
             raise InputError(label, [Problem(f.at("service", "archived").path,
                                              "the finding is archived; pass --allow-archived to act on it")])
-        accounts.add(f.at("accountId").need_str())
-        regions.add(f.at("region").need_str())
+        b.accounts.add(f.at("accountId").need_str())
+        b.regions.add(f.at("region").need_str())
         seen = rfc3339(label, f.at("service", "eventFirstSeen")) or rfc3339(label, f.at("createdAt"))
         if seen:
-            first_seen.append(seen)
+            b.first_seen.append(seen)
         upd = rfc3339(label, f.at("updatedAt")) or rfc3339(label, f.at("createdAt"))
         if upd:
-            updated.append(upd)
+            b.updated.append(upd)
         if (sev := severity_from_score(f.at("severity").value)) is not None:
-            severities.append(sev)
+            b.severities.append(sev)
         res = f.at("resource")
         akd = res.at("accessKeyDetails")
         b.key(akd.at("accessKeyId").text(), akd.at("userType").text(), akd.at("userName").text())
@@ -300,23 +329,9 @@ def guardduty_incident(label: str, findings: list[Doc], config: Config, options:
         b.image(res.at("containerDetails", "image").text())
         for c in res.at("eksWorkloadDetails", "containers").list():
             b.image(c.at("image").text())
-    if len(accounts) > 1:
-        raise InputError(label, [Problem("", f"findings from several accounts ({', '.join(sorted(accounts))}); "
-                                             "give them one account at a time")])
-    rank = ["low", "medium", "high", "critical"]
     first = findings[0]
-    doc = {
-        "id": short_id("GD", first.at("id").text() or ",".join(types)),
-        "kind": kind_for(types, config), "account_id": accounts.pop(), "region": sorted(regions)[0],
-        "detected_at": max(updated) if updated else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "window_start": min(first_seen) if first_seen else None,
-        "severity": max(severities, key=rank.index) if severities else None,
-        "summary": (first.at("title").text() or ftype)[:4000],
-        "principals": b.principals, "resources": b.resources,
-        "indicators": {"images": b.images} if b.images else {},
-        "source": {"format": "guardduty", "id": first.at("arn").text() or first.at("id").text(), "types": types},
-    }
-    return _finish(label, doc)
+    return b.incident(label, prefix="GD", raw_id=first.at("id").string(), title=first.at("title").text(),
+                      fmt="guardduty", source_id=first.at("arn").text() or first.at("id").text(), config=config)
 
 
 # ------------------------------------------------------------------ Security Hub (ASFF)
@@ -339,9 +354,7 @@ def guardduty_type_from_asff(types: list[str]) -> str | None:
 def asff_incident(label: str, findings: list[Doc], config: Config, options: IntakeOptions) -> Incident:
     if not findings:
         raise InputError(label, [Problem("detail.findings", "no findings in the event")])
-    b = _Builder()
-    types: list[str] = []
-    accounts, regions, first_seen, updated, severities = set(), set(), [], [], []
+    b = _Findings()
     for f in findings:
         if not isinstance(f.value, dict):
             raise InputError(label, [Problem(f.path, "a finding must be a JSON object")])
@@ -352,7 +365,7 @@ def asff_incident(label: str, findings: list[Doc], config: Config, options: Inta
         ftype = (guardduty_type_from_asff(raw_types) if from_gd else None) or (raw_types[0] if raw_types else None)
         if not ftype:
             raise InputError(label, [Problem(f.at("Types").path, "no finding type in Types[]")])
-        types.append(ftype)
+        b.types.append(ftype)
         sample = any(k.endswith("sample") and str(v).lower() == "true" for k, v in pf.items()) or \
             '"sample":true' in str(pf.get("additionalInfo", "")).replace(" ", "")
         if sample and not options.allow_sample:
@@ -365,42 +378,27 @@ def asff_incident(label: str, findings: list[Doc], config: Config, options: Inta
             raise InputError(label, [Problem(f.at("RecordState").path, f"the finding is archived or suppressed "
                                              f"(RecordState={state or '-'}, Workflow={workflow or '-'}); "
                                              "pass --allow-archived to act on it")])
-        accounts.add(f.at("AwsAccountId").need_str())
+        b.accounts.add(f.at("AwsAccountId").need_str())
         resource_regions = [r.at("Region").text() for r in f.at("Resources").list() if r.at("Region").text()]
         region = f.at("Region").text() or (resource_regions[0] if resource_regions else None) or \
             (product.split(":")[3] if product.count(":") >= 4 else None)
         if region:
-            regions.add(region)
+            b.regions.add(region)
         if seen := rfc3339(label, f.at("FirstObservedAt")) or rfc3339(label, f.at("CreatedAt")):
-            first_seen.append(seen)
+            b.first_seen.append(seen)
         if upd := rfc3339(label, f.at("UpdatedAt")) or rfc3339(label, f.at("CreatedAt")):
-            updated.append(upd)
+            b.updated.append(upd)
         label_sev = (f.at("Severity", "Label").text() or "").lower()
         normalized = f.at("Severity", "Normalized").value
         if label_sev in ("low", "medium", "high", "critical"):
-            severities.append(label_sev)
+            b.severities.append(label_sev)
         elif isinstance(normalized, int | float) and not isinstance(normalized, bool):
-            severities.append(severity_from_score(normalized / 10) or "low")
+            b.severities.append(severity_from_score(normalized / 10) or "low")
         for r in f.at("Resources").list():
             _asff_resource(r, b)
-    if len(accounts) > 1:
-        raise InputError(label, [Problem("", f"findings from several accounts ({', '.join(sorted(accounts))})")])
-    if not regions:
-        raise InputError(label, [Problem("Region", "no region in the finding")])
-    rank = ["low", "medium", "high", "critical"]
     first = findings[0]
-    doc = {
-        "id": short_id("SH", first.at("Id").string().rsplit("/", 1)[-1] or ",".join(types)),
-        "kind": kind_for(types, config), "account_id": accounts.pop(), "region": sorted(regions)[0],
-        "detected_at": max(updated) if updated else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "window_start": min(first_seen) if first_seen else None,
-        "severity": max(severities, key=rank.index) if severities else None,
-        "summary": (first.at("Title").text() or types[0])[:4000],
-        "principals": b.principals, "resources": b.resources,
-        "indicators": {"images": b.images} if b.images else {},
-        "source": {"format": "securityhub", "id": first.at("Id").text(), "types": types},
-    }
-    return _finish(label, doc)
+    return b.incident(label, prefix="SH", raw_id=first.at("Id").string().rsplit("/", 1)[-1],
+                      title=first.at("Title").text(), fmt="securityhub", source_id=first.at("Id").text(), config=config)
 
 
 def _asff_resource(r: Doc, b: _Builder) -> None:

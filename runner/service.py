@@ -79,17 +79,23 @@ def start_run(
         options={**options.to_json(), **aws_opts.to_json(), "playbook_ref": playbook.source
                  if playbook_ref else playbook.name, "config": config_path},
     )
-    journal.create_run(record, lock=not options.dry_run)
-    log = make_logger(state / "audit.jsonl", stream, run_id=run_id, incident_id=incident.id,
-                      playbook=playbook.name, dry_run=options.dry_run)
-    aws = session or _session(aws_opts, incident, config, options.dry_run)
-    engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                    journal=journal, aws=aws, log=log, options=options, prompt=prompt,
-                    evidence_dir=state / "evidence" / incident.id / run_id)
     try:
-        result = engine.execute()
+        journal.create_run(record, lock=not options.dry_run)
+        return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
+                        prompt, stream, session, resume=False)
     finally:
         journal.close()
+
+
+def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
+             journal: SqliteJournal, aws_opts: AwsOptions, options: RunOptions, state: Path, prompt: Prompt | None,
+             stream: TextIO | None, session: AwsSession | None, *, resume: bool) -> Outcome:
+    log = make_logger(state / "audit.jsonl", stream, run_id=record.run_id, incident_id=incident.id,
+                      playbook=playbook.name, dry_run=options.dry_run)
+    engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
+                    journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
+                    options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id)
+    result = engine.execute(resume=resume)
     return Outcome(result, exit_code(result["status"]))
 
 
@@ -110,16 +116,10 @@ def resume_run(
         opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
                           by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
         aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
-        log = make_logger(state / "audit.jsonl", stream, run_id=run_id, incident_id=incident.id,
-                          playbook=playbook.name, dry_run=record.dry_run)
-        aws = session or _session(aws_opts, incident, config, record.dry_run)
-        engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                        journal=journal, aws=aws, log=log, options=opts, prompt=prompt,
-                        evidence_dir=state / "evidence" / incident.id / run_id)
-        result = engine.execute(resume=True)
+        return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
+                        stream, session, resume=True)
     finally:
         journal.close()
-    return Outcome(result, exit_code(result["status"]))
 
 
 def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
