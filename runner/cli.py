@@ -73,6 +73,10 @@ def handle_errors(fn: F) -> F:
         except BotoCoreError as exc:
             err(f"stanch: AWS unreachable or misconfigured: {exc}")
             raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        except KeyboardInterrupt:
+            err("stanch: interrupted. The journal holds every change made so far: `stanch status` shows the run, "
+                "`stanch resume RUN_ID` continues it without repeating a change.")
+            raise typer.Exit(130) from None
     return wrapper  # type: ignore[return-value]
 
 
@@ -265,6 +269,23 @@ def resume(
                          prompt=terminal_prompt if _interactive() else None)
     emit(outcome.result, output)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@handle_errors
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="An unfinished run")],
+    by: ByOpt = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded)")] = "cancelled by a responder",
+    state_dir: StateDir = None,
+) -> None:
+    """Give up on an unfinished run: it ends `failed` and releases the incident for a new run.
+    Changes already applied stay applied (each recorded with the value it replaced)."""
+    from runner.service import cancel_run
+    from runner.service import state_dir as resolve_state
+
+    rec = cancel_run(run_id, by=by or default_approver(), reason=reason, state=resolve_state(state_dir))
+    typer.echo(f"cancelled {rec.run_id} (incident {rec.incident_id} is free for a new run)")
 
 
 @app.command()

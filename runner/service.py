@@ -146,6 +146,26 @@ def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path
         journal.close()
 
 
+def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
+    """Give up on an unfinished run (status failed, lock released). Nothing is reverted."""
+    journal = SqliteJournal(state)
+    try:
+        record = journal.get_run(run_id)
+        if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+            raise InputError(run_id, [Problem("", f"run {run_id} is already {record.status}")])
+        result = dict(record.result or {})
+        result.update(status="failed", cancelled={"by": by, "reason": reason, "at": now_iso()})
+        journal.set_run_status(run_id, "failed", result)
+        journal.release(run_id)
+        make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
+                    playbook=record.playbook, dry_run=record.dry_run).info(
+            "run.cancelled", by=by, message=reason, outcome="failed", status="failed")
+        record.status = "failed"
+        return record
+    finally:
+        journal.close()
+
+
 def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
     journal = SqliteJournal(state)
     try:

@@ -190,6 +190,20 @@ def test_one_active_run_per_incident(tmp_path: Path) -> None:
     assert run(tmp_path, pb, dry_run=True).exit_code == 0  # a dry run holds no lock and needs none
 
 
+def test_cancel_releases_the_incident(tmp_path: Path) -> None:
+    from runner.service import cancel_run
+
+    fakes.reset({"a": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n")
+    first = run(tmp_path, pb)
+    cancel_run(first.result["run_id"], by="alice", reason="false positive", state=tmp_path / "state")
+    status = run_status(first.result["run_id"], tmp_path / "state")
+    assert isinstance(status, dict) and status["status"] == "failed"
+    assert status["cancelled"]["by"] == "alice"
+    assert run(tmp_path, pb).exit_code == 3  # the incident is free again
+    assert any(e["event"] == "run.cancelled" for e in audit(tmp_path))
+
+
 def test_cap_on_changes_refuses_with_exit_4_unless_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     world = fakes.reset({f"k{i}": "on" for i in range(60)})
     pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.keys }}'}\n")
