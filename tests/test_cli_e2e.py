@@ -91,7 +91,7 @@ def test_no_terminal_pauses_then_approve_and_resume_from_new_processes(moto_serv
 def test_sigkill_while_applying_then_resume_applies_each_change_once(moto_server: MotoServer, tmp_path: Path) -> None:
     incident, _ = seeded(moto_server, tmp_path)
     iam = boto3.Session(region_name="us-east-1").client("iam")
-    for i in range(60):  # enough work that the kill lands mid-apply
+    for i in range(100):  # enough work that the kill lands mid-apply
         iam.create_user(UserName=f"persist-{i}")
         iam.create_access_key(UserName=f"persist-{i}")
         iam.add_user_to_group(GroupName="ecs_dev", UserName=f"persist-{i}")
@@ -118,7 +118,7 @@ def test_sigkill_while_applying_then_resume_applies_each_change_once(moto_server
     applied = Counter((e["step"], e["digest"]) for e in audit(state) if e["event"] == "change.applied")
     assert applied and max(applied.values()) == 1, [k for k, v in applied.items() if v > 1]
     assert sum(applied.values()) > killed_applied
-    for i in range(60):
+    for i in range(100):
         assert {k["Status"] for k in iam.list_access_keys(UserName=f"persist-{i}")["AccessKeyMetadata"]} == {"Inactive"}
         assert iam.list_groups_for_user(UserName=f"persist-{i}")["Groups"] == []
 
