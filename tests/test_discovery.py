@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from actions.scope import DiscoverScope
 from runner.aws import AwsSession
@@ -140,3 +141,28 @@ def test_config_miner_patterns_cover_registry_prefixes_and_tags(image: str) -> N
     from runner.config import load_config
 
     assert matches_miner(image, load_config().discovery.miner_patterns)
+
+
+def test_discovery_and_evidence_run_with_exactly_their_declared_permissions(aws_managed: boto3.Session,
+                                                                             tmp_path: Path) -> None:
+    from actions.evidence import CaptureEvidence, RecordPosture
+    from tests.awshelp import enforced_as
+
+    seeded = seed(aws_managed, OTHER_NAMES)
+    inc = validate_incident("t", seeded_incident(seeded))
+    expected = plan(DiscoverScope(), context(aws_managed, inc), {}).outputs
+    with enforced_as(aws_managed, DiscoverScope.permissions) as limited:
+        scope = plan(DiscoverScope(), context(limited, inc), {}).outputs
+    assert names(scope["users"]) == names(expected["users"]) == ["svc-backup"]
+    assert [s["name"] for s in scope["ecs_services"]] == ["report-gen"]
+    perms = tuple({*CaptureEvidence.permissions, *RecordPosture.permissions})
+    with enforced_as(aws_managed, perms) as limited:
+        ctx = context(limited, inc)
+        ctx.evidence_dir = tmp_path / "bundle"
+        captured = plan(CaptureEvidence(), ctx, {"scope": scope})
+        plan(RecordPosture(), ctx, {})
+    assert captured.outputs["files"] >= 6
+    assert (tmp_path / "bundle" / "posture.json").exists()
+    with enforced_as(aws_managed, [p for p in DiscoverScope.permissions if p != "iam:ListUsers"]) as limited, \
+            pytest.raises(ClientError):
+        plan(DiscoverScope(), context(limited, inc), {})
