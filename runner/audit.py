@@ -6,6 +6,7 @@ passwords never reach stderr, the audit log or anything built from them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -57,15 +58,24 @@ def line_hash(line: str) -> str:
 
 
 class AuditLog:
-    """Append-only JSON lines; each line carries `prev`, the SHA-256 of the line before it."""
+    """Append-only JSON lines; each line carries `seq` and `prev`, the SHA-256 of the line before it.
+
+    Several processes may share one state directory (a run, `stanch approve`, a dry-run drill): each
+    append takes an exclusive lock and continues the chain from the recorded head."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        self._prev, self._seq = self._tail()
 
     def _tail(self) -> tuple[str, int]:
+        head = head_path(self.path)
+        if head.exists():
+            try:
+                doc = json.loads(head.read_text())
+                return str(doc["sha256"]), int(doc["seq"])
+            except (ValueError, KeyError, TypeError):
+                pass  # rebuilt from the log below; verify_chain reports the damage
         if not self.path.exists():
             return GENESIS, 0
         last = ""
@@ -83,19 +93,40 @@ class AuditLog:
 
     def write(self, event: dict[str, Any]) -> None:
         with self._lock:
-            record = {k: event.get(k) for k in AUDIT_FIELDS}
-            record.update(event)
-            self._seq += 1
-            record["seq"] = self._seq
-            record["prev"] = self._prev
-            line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                os.write(fd, (line + "\n").encode("utf-8"))
-                os.fsync(fd)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                prev, seq = self._tail()
+                record = {k: event.get(k) for k in AUDIT_FIELDS}
+                record.update(event)
+                record["seq"] = seq + 1
+                record["prev"] = prev
+                line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, (line + "\n").encode("utf-8"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                write_head(self.path, seq + 1, line_hash(line))
             finally:
-                os.close(fd)
-            self._prev = line_hash(line)
+                os.close(lock_fd)  # releases the flock
+
+
+def head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def write_head(path: Path, seq: int, digest: str) -> None:
+    """The last line's seq and hash, beside the log: lines cut from the end show against it."""
+    tmp = head_path(path).with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps({"seq": seq, "sha256": digest}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(head_path(path))
 
 
 def verify_chain(path: Path) -> list[str]:
@@ -116,6 +147,17 @@ def verify_chain(path: Path) -> list[str]:
             problems.append(f"line {n}: reordered (seq {seq} comes after seq {highest})")
         highest = max(highest, seq)
         by_seq[seq] = (n, prev, line)
+    head = head_path(path)
+    if head.exists():
+        try:
+            last = json.loads(head.read_text())
+            if int(last["seq"]) > highest:
+                problems.append(f"seq {highest + 1}-{last['seq']}: lines cut from the end of the log")
+            elif int(last["seq"]) == highest and highest in by_seq and line_hash(by_seq[highest][2]) != last["sha256"]:
+                problems.append(f"line {by_seq[highest][0]} (seq {highest}): edited (the last line no longer matches "
+                                "the recorded head)")
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{head.name}: unreadable")
     for seq in range(1, highest + 1):
         if seq not in by_seq:
             problems.append(f"seq {seq}: line deleted")

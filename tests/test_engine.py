@@ -280,3 +280,22 @@ def test_resume_after_crash_applies_each_change_once(tmp_path: Path) -> None:
     assert statuses == {"a": "applied", "b": "applied"}
     applied = [e["target"].rsplit("/", 1)[-1] for e in audit(tmp_path) if e["event"] == "change.applied"]
     assert sorted(applied) == ["a", "b"]
+
+
+def test_audit_chain_stays_intact_with_concurrent_writers(tmp_path: Path) -> None:
+    """Two runs (e.g. a dry-run drill and a real run) appending to one state directory at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runner.audit import AuditLog
+
+    path = tmp_path / "audit.jsonl"
+    writers = [AuditLog(path) for _ in range(4)]  # separate objects, as separate processes would have
+
+    def burst(log: AuditLog) -> None:
+        for i in range(50):
+            log.write({"event": "test.event", "n": i})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(burst, writers))
+    assert verify_chain(path) == []
+    assert len(path.read_text().splitlines()) == 200

@@ -86,6 +86,8 @@ def test_audit_verify_reports_edits_deletions_and_reordering(contained: dict[str
         ("edit", lambda ls: [*ls[:5], ls[5].replace('"step"', '"stepx"'), *ls[6:]], "line 6 (seq 6): edited"),
         ("delete", lambda ls: ls[:5] + ls[6:], "seq 6: line deleted"),
         ("reorder", lambda ls: [*ls[:5], ls[6], ls[5], *ls[7:]], "reordered"),
+        ("truncate", lambda ls: ls[:-3], "lines cut from the end"),
+        ("edit last", lambda ls: [*ls[:-1], ls[-1].replace('"event"', '"evnt"')], "the last line no longer matches"),
     ]:
         log.write_text("\n".join(mutate(list(lines))) + "\n")
         out = invoke("audit", "verify", "--state-dir", str(state))
