@@ -132,6 +132,8 @@ def emit(result: dict[str, Any], output: Output) -> None:
         first, contained = metrics.get("time_to_first_change_s"), metrics.get("time_to_contained_s")
         typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: {first}s  "
                    f"time to contained: {contained}s")
+    if result.get("error"):
+        typer.echo(f"\nrefused: {result['error']}")
     typer.echo(f"\nstatus: {status}")
     if status == "awaiting_approval":
         waiting = [s["id"] for s in result["steps"] if s["status"] == "awaiting_approval"]

@@ -185,9 +185,16 @@ class Engine:
                 started_at=datetime.now(UTC), fanout_pool=calls_pool, protected=self._is_protected,
                 evidence_dir=self.evidence_dir,
             )
-            self.identity_arn = self.aws.identity().principal_arn
+            identity = self.aws.identity()
+            self.identity_arn = identity.principal_arn
             self.log.info("run.started", identity=self.identity_arn, resume=resume)
-            self._waves(ctx, steps_pool)
+            if identity.account != self.incident.account_id:
+                self._refusal = (f"the AWS credentials are for account {identity.account} but the incident is in "
+                                 f"account {self.incident.account_id}; use credentials (or --profile) for "
+                                 f"{self.incident.account_id}. Nothing was read or changed.")
+                self.log.info("run.refused", outcome="refused", error=self._refusal)
+            else:
+                self._waves(ctx, steps_pool)
             self._settle(ctx, steps_pool)
         return self.result()
 
@@ -488,6 +495,8 @@ class Engine:
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
             "manual_actions": manual,
         }
+        if self._refusal:
+            doc["error"] = self._refusal
         scope = self._template_scope().get("scope")
         if scope is not None:
             doc["scope"] = scope

@@ -299,3 +299,15 @@ def test_audit_chain_stays_intact_with_concurrent_writers(tmp_path: Path) -> Non
         list(pool.map(burst, writers))
     assert verify_chain(path) == []
     assert len(path.read_text().splitlines()) == 200
+
+
+def test_credentials_for_another_account_are_refused_before_anything_is_read(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on"})
+    other = INCIDENT.model_copy(update={"account_id": "210987654321"})
+    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: [a]}\n")
+    out = start_run(other, playbook_ref=pb, config_path=None, options=RunOptions(by="t"), aws_opts=AwsOptions(),
+                    state=tmp_path / "state", stream=io.StringIO(), registry=fakes.registry(),
+                    session=fakes.FakeAws())  # type: ignore[arg-type]
+    assert out.exit_code == 4 and out.result["status"] == "refused"
+    assert "account 123456789012 but the incident is in account 210987654321" in out.result["error"]
+    assert all(s["status"] == "pending" for s in out.result["steps"]) and world.applied == []
