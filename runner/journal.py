@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.errors import RunLockedError, UnknownRunError
+from runner.errors import InputError, Problem, RunLockedError, UnknownRunError
 
 ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
 
@@ -114,15 +114,24 @@ class SqliteJournal:
     every write is its own committed transaction (WAL, synchronous=FULL)."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / "journal.sqlite3"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise InputError(str(state_dir), [Problem("", f"cannot use this state directory: {exc}; pass "
+                                                          "--state-dir or set STANCH_STATE_DIR")]) from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise InputError(str(self.path), [Problem("", f"not a stanch journal ({exc}); move it aside or use "
+                                                          "another --state-dir")]) from None
 
     def close(self) -> None:
         with self._lock:

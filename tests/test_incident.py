@@ -118,3 +118,16 @@ def test_cli_missing_file() -> None:
     result = CliRunner().invoke(app, ["run", "/nonexistent/incident.json"])
     assert result.exit_code == 2
     assert "no such file" in result.output
+
+
+def test_unusable_state_directory_is_exit_2(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = CliRunner().invoke(app, ["status", "--state-dir", str(not_a_dir)])
+    assert result.exit_code == 2 and "cannot use this state directory" in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "journal.sqlite3").write_text("garbage, not sqlite")
+    result = CliRunner().invoke(app, ["status", "--state-dir", str(broken)])
+    assert result.exit_code == 2 and "not a stanch journal" in result.output
+    assert "Traceback" not in result.output
