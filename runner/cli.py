@@ -118,7 +118,11 @@ def emit(result: dict[str, Any], output: Output) -> None:
                 typer.echo(f"  {item['kind']:<12} {item['name']}  -- {item['reason']}")
     typer.echo("\nSteps:")
     for step in result["steps"]:
-        typer.echo(f"  {step['status']:<18} {step['id']:<28} {step['action']}")
+        gate = "  (approval required)" if step.get("approval") == "required" and step["status"] in (
+            "planned", "awaiting_approval") else ""
+        typer.echo(f"  {step['status']:<18} {step['id']:<28} {step['action']}{gate}")
+        for note in step.get("notes", []):
+            typer.echo(f"      note: {note}")
         for c in step["changes"]:
             typer.echo(f"      {c['status']:<13} {c['operation']} {c['target']}")
         if step.get("error"):
@@ -129,9 +133,11 @@ def emit(result: dict[str, Any], output: Output) -> None:
         typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
     metrics = result.get("metrics") or {}
     if metrics:
-        first, contained = metrics.get("time_to_first_change_s"), metrics.get("time_to_contained_s")
-        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: {first}s  "
-                   f"time to contained: {contained}s")
+        def secs(key: str) -> str:
+            return "-" if metrics.get(key) is None else f"{metrics[key]} s"
+
+        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: "
+                   f"{secs('time_to_first_change_s')}  time to contained: {secs('time_to_contained_s')}")
     if result.get("error"):
         typer.echo(f"\nrefused: {result['error']}")
     typer.echo(f"\nstatus: {status}")

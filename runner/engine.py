@@ -484,6 +484,8 @@ class Engine:
                 "id": step.id, "action": step.action, "status": state.status, "changes": changes,
                 "error": state.error,
             }
+            if self._needs_approval(step):
+                entry["approval"] = "required"
             if state.verify_failures:
                 entry["verification"] = state.verify_failures
             if plan.notes:
