@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError
+from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
 
 from actions.base import Plan
 from runner import __version__
@@ -66,6 +66,9 @@ def handle_errors(fn: F) -> F:
         except NoCredentialsError:
             err("stanch: no AWS credentials found; set AWS_PROFILE or --profile, or the AWS_ACCESS_KEY_ID / "
                 "AWS_SECRET_ACCESS_KEY variables. Nothing was changed.")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except ProfileNotFound as exc:
+            err(f"stanch: {exc}; check --profile / AWS_PROFILE against your AWS config. Nothing was changed.")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except NoRegionError:
             err("stanch: no AWS region; pass --region or set AWS_DEFAULT_REGION. Nothing was changed.")

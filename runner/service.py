@@ -71,6 +71,8 @@ def start_run(
     registry = registry or builtin_registry()
     config = load_config(config_path)
     playbook = choose_playbook(incident, playbook_ref, config, registry)
+    session = session or _session(aws_opts, incident, config, options.dry_run)
+    session.identity()  # credentials, profile and endpoint fail here, before a run is recorded or locked
     journal = SqliteJournal(state)
     run_id = new_run_id()
     record = RunRecord(

@@ -131,3 +131,14 @@ def test_unusable_state_directory_is_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["status", "--state-dir", str(broken)])
     assert result.exit_code == 2 and "not a stanch journal" in result.output
     assert "Traceback" not in result.output
+
+
+def test_missing_credentials_record_no_run_and_hold_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    state = tmp_path / "state"
+    result = CliRunner().invoke(app, ["run", str(EXAMPLE_INCIDENT), "--state-dir", str(state)])
+    assert result.exit_code == 2 and "no AWS credentials found" in result.output
+    listing = CliRunner().invoke(app, ["status", "--state-dir", str(state)])
+    assert "no runs" in listing.output
