@@ -143,7 +143,7 @@ class DiscoverScope(Action[NoParams]):
                            f"created {iso(r['CreateDate'])}, {since}")
 
         # -- access keys: every key of an in-scope user, and any key created in the window
-        user_names = [n for n in by_user if keep_quiet(ctx, n, by_user[n]["Arn"], self_arn)]
+        user_names = [n for n in by_user if _visible(ctx, n, by_user[n]["Arn"], self_arn)]
         key_lists = ctx.fanout(lambda n: (n, list(paginate(iam, "list_access_keys", "AccessKeyMetadata",
                                                                UserName=n))), user_names)
         for name, metas in key_lists:
@@ -232,7 +232,8 @@ class DiscoverScope(Action[NoParams]):
         return Plan(outputs=scope, notes=missing + trail_notes)
 
 
-def keep_quiet(ctx: ActionContext, name: str, arn: str, self_arn: str) -> bool:
+def _visible(ctx: ActionContext, name: str, arn: str, self_arn: str) -> bool:
+    """Neither protected nor the runner itself (checked silently: only candidates are reported)."""
     return arn != self_arn and not ctx.config.is_protected(name, arn)
 
 

@@ -13,22 +13,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from actions.base import ActionContext
 from actions.common import paginate
+from runner.detect import actor_of
 
 ECS_CREATES = ("CreateService", "RunTask", "CreateCluster", "RegisterTaskDefinition")
-
-
-def _actor(record: dict[str, Any]) -> tuple[str, str]:
-    ui = record.get("userIdentity") if isinstance(record.get("userIdentity"), dict) else {}
-    assert isinstance(ui, dict)
-    kind = ui.get("type")
-    if kind == "Root":
-        return "root", ""
-    if kind == "IAMUser":
-        return "user", str(ui.get("userName", ""))
-    if kind == "AssumedRole":
-        issuer = (ui.get("sessionContext") or {}).get("sessionIssuer") or {}
-        return "role", str(issuer.get("userName", ""))
-    return str(kind or ""), ""
 
 
 def _s3_records(ctx: ActionContext, start: datetime | None, notes: list[str]) -> list[dict[str, Any]]:
@@ -96,7 +83,7 @@ def attributed_ecs(ctx: ActionContext, users: list[str], roles: list[str]) -> tu
         seen.add(event_id)
         if r.get("eventName") not in ECS_CREATES or r.get("errorCode"):
             continue
-        kind, name = _actor(r)
+        kind, name = actor_of(r)
         if not ((kind == "user" and name in users) or (kind == "role" and name in roles)
                 or (kind == "root" and root_in_incident)):
             continue
@@ -107,8 +94,8 @@ def attributed_ecs(ctx: ActionContext, users: list[str], roles: list[str]) -> tu
                     continue
             except ValueError:
                 continue
-        req = r.get("requestParameters") if isinstance(r.get("requestParameters"), dict) else {}
-        assert isinstance(req, dict)
+        raw_req = r.get("requestParameters")
+        req: dict[str, Any] = raw_req if isinstance(raw_req, dict) else {}
         if r.get("eventName") == "CreateService" and req.get("serviceName"):
             cluster = str(req.get("cluster") or "default").rsplit("/", 1)[-1]
             who = f"{kind} {name}".strip()

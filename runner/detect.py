@@ -55,19 +55,21 @@ def _params(r: dict[str, Any], key: str = "requestParameters") -> dict[str, Any]
     return v if isinstance(v, dict) else {}
 
 
-def _actor(r: dict[str, Any]) -> tuple[str, str]:
-    """(kind, name) of who made the call: ("root", account), ("user", name), ("role", name)."""
-    ui = r.get("userIdentity") if isinstance(r.get("userIdentity"), dict) else {}
-    assert isinstance(ui, dict)
+def actor_of(r: dict[str, Any]) -> tuple[str, str]:
+    """(kind, name) of who made a CloudTrail call: ("root", account), ("user", name), ("role", name)."""
+    ui = r.get("userIdentity")
+    if not isinstance(ui, dict):
+        return "unknown", ""
     utype = str(ui.get("type", ""))
     if utype == "Root":
         return "root", str(ui.get("accountId") or r.get("recipientAccountId") or "")
     if utype == "IAMUser":
         return "user", str(ui.get("userName") or str(ui.get("arn", "")).rsplit("/", 1)[-1])
     if utype == "AssumedRole":
-        issuer = ui.get("sessionContext", {}).get("sessionIssuer", {}) if isinstance(ui.get("sessionContext"), dict) \
-            else {}
-        return "role", str(issuer.get("userName") or str(ui.get("arn", "")).split("/")[-2:][0])
+        context = ui.get("sessionContext")
+        issuer = context.get("sessionIssuer") if isinstance(context, dict) else None
+        name = issuer.get("userName") if isinstance(issuer, dict) else None
+        return "role", str(name or str(ui.get("arn", "")).split("/")[-2:][0])
     return utype.lower() or "unknown", str(ui.get("arn") or ui.get("principalId") or "")
 
 
@@ -99,17 +101,17 @@ class Chain:
 def detect_chain(records: list[dict[str, Any]], config: Config, label: str = "cloudtrail") -> Chain:
     stamped = [(t, r) for r in records if (t := _time(r)) is not None]
     timed = [r for _, r in sorted(stamped, key=lambda pair: pair[0])]
-    root_events = [r for r in timed if _actor(r)[0] == "root" and not _failed(r)]
+    root_events = [r for r in timed if actor_of(r)[0] == "root" and not _failed(r)]
     if not root_events:
         return Chain(len(records), None)
     start = _time(root_events[0])
     assert start is not None
     end = start + timedelta(hours=config.intake.window_hours)
-    account = str(root_events[0].get("recipientAccountId") or _actor(root_events[0])[1])
+    account = str(root_events[0].get("recipientAccountId") or actor_of(root_events[0])[1])
     root_keys = [str(r["userIdentity"]["accessKeyId"]) for r in root_events
                  if isinstance(r.get("userIdentity"), dict) and str(r["userIdentity"].get("accessKeyId", ""))[:4] in
                  ("AKIA", "ASIA")]
-    attackers: set[tuple[str, str]] = {("root", _actor(root_events[0])[1])}
+    attackers: set[tuple[str, str]] = {("root", actor_of(root_events[0])[1])}
     users: list[str] = []
     groups: list[str] = []
     roles: list[str] = []
@@ -129,7 +131,7 @@ def detect_chain(records: list[dict[str, Any]], config: Config, label: str = "cl
     for r in timed:
         t = _time(r)
         assert t is not None
-        actor = _actor(r)
+        actor = actor_of(r)
         if t > end or actor not in attackers:
             ignored += 1
             continue
