@@ -7,7 +7,7 @@ from typing import Any
 
 from actions.base import Action
 
-BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence")
+BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback")
 
 
 class Registry:

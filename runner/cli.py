@@ -284,6 +284,31 @@ def resume(
 
 @app.command()
 @handle_errors
+def rollback(
+    run_id: Annotated[str, typer.Argument(help="A finished run whose changes to undo")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be undone; change nothing")] = False,
+    approve_all: ApproveAllOpt = False,
+    by: ByOpt = None,
+    reason: ReasonOpt = "",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Undo a run's containment from the values its changes recorded (keys reactivated, quarantine
+    policies removed, group memberships and policies restored, services scaled back). What no API can
+    undo (a deleted console password, a deactivated MFA device) is listed as a manual action. The
+    revert step is approval-gated like any other; it runs as a new, journaled run."""
+    from runner.service import rollback_run
+    from runner.service import state_dir as resolve_state
+
+    options = RunOptions(dry_run=dry_run, approve_all=approve_all, by=by or default_approver(), reason=reason)
+    outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir),
+                           prompt=terminal_prompt if _interactive() else None)
+    emit(outcome.result, output)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@handle_errors
 def cancel(
     run_id: Annotated[str, typer.Argument(help="An unfinished run")],
     by: ByOpt = None,

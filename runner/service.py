@@ -148,6 +148,42 @@ def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path
         journal.close()
 
 
+def rollback_run(
+    run_id: str, *, options: RunOptions, state: Path, prompt: Prompt | None = None,
+    stream: TextIO | None = sys.stderr, session: AwsSession | None = None,
+) -> Outcome:
+    """Undo a finished run's applied changes, as a new run of a generated one-step playbook
+    (approval-gated, journaled, verified like any other)."""
+    import yaml
+
+    journal = SqliteJournal(state)
+    try:
+        record = journal.get_run(run_id)
+    finally:
+        journal.close()
+    if record.status in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+        raise InputError(run_id, [Problem("", f"run {run_id} is still {record.status}; finish it "
+                                              f"(stanch resume) or give it up (stanch cancel) first")])
+    applied = [{k: c[k] for k in ("operation", "target", "params", "previous")}
+               for s in (record.result or {}).get("steps", []) for c in s.get("changes", [])
+               if c.get("status") == "applied"]
+    if not applied:
+        raise InputError(run_id, [Problem("", f"run {run_id} applied no change; there is nothing to roll back")])
+    folder = state / "rollback"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "name": "rollback", "description": f"Undo the changes run {run_id} applied",
+        "steps": [{"id": "revert", "action": "rollback.revert", "approval": "required",
+                   "with": {"run_id": run_id, "changes": applied}}],
+    }, sort_keys=False))
+    incident = validate_incident(f"run {run_id} incident", record.incident)
+    return start_run(incident, playbook_ref=str(path), config_path=record.options.get("config"), options=options,
+                     aws_opts=AwsOptions(record.options.get("region"), record.options.get("profile"),
+                                         record.options.get("endpoint_url")),
+                     state=state, prompt=prompt, stream=stream, session=session)
+
+
 def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
     """Give up on an unfinished run (status failed, lock released). Nothing is reverted."""
     journal = SqliteJournal(state)

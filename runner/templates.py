@@ -12,7 +12,7 @@ from typing import Any
 
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*)\s*\}\}")
 _WHOLE = re.compile(r"^\s*\{\{\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*)\s*\}\}\s*$")
-_BRACES = re.compile(r"\{\{|\}\}|\{%|%\}")
+_BRACES = re.compile(r"\{\{|\{%")  # an opening delimiter that is not a plain substitution
 
 
 class TemplateError(ValueError):
