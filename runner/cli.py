@@ -93,8 +93,14 @@ def terminal_prompt(step: Step, plan: Plan) -> bool:
     return typer.confirm("Apply these changes?", default=False, err=True)
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
+def _prompt() -> Callable[[Step, Plan], bool] | None:
+    """Ask at the terminal when there is one; otherwise gated steps pause the run."""
+    return terminal_prompt if sys.stdin.isatty() and sys.stderr.isatty() else None
+
+
+def _finish(outcome: Any, output: Output) -> None:
+    emit(outcome.result, output)
+    raise typer.Exit(outcome.exit_code)
 
 
 def emit(result: dict[str, Any], output: Output) -> None:
@@ -200,10 +206,9 @@ def run(
     outcome = start_run(
         inc, playbook_ref=playbook, config_path=config, options=options,
         aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
-        prompt=terminal_prompt if _interactive() else None,
+        prompt=_prompt(),
     )
-    emit(outcome.result, output)
-    raise typer.Exit(outcome.exit_code)
+    _finish(outcome, output)
 
 
 @app.command()
@@ -277,9 +282,8 @@ def resume(
     options = RunOptions(approve=tuple(approve or ()), approve_all=approve_all, by=by or default_approver(),
                          reason=reason)
     outcome = resume_run(run_id, options=options, state=resolve_state(state_dir),
-                         prompt=terminal_prompt if _interactive() else None)
-    emit(outcome.result, output)
-    raise typer.Exit(outcome.exit_code)
+                         prompt=_prompt())
+    _finish(outcome, output)
 
 
 @app.command()
@@ -302,9 +306,8 @@ def rollback(
 
     options = RunOptions(dry_run=dry_run, approve_all=approve_all, by=by or default_approver(), reason=reason)
     outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir),
-                           prompt=terminal_prompt if _interactive() else None)
-    emit(outcome.result, output)
-    raise typer.Exit(outcome.exit_code)
+                           prompt=_prompt())
+    _finish(outcome, output)
 
 
 @app.command()
