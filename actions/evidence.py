@@ -98,14 +98,13 @@ class CaptureEvidence(Action[EvidenceParams]):
     summary = "Capture evidence (IAM, ECS, CloudTrail, account posture) into a hashed bundle; optional S3 copy"
     params_model = EvidenceParams
     permissions = (
-        "sts:GetCallerIdentity", "iam:GetUser", "iam:ListUserTags", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
-        "iam:GetLoginProfile", "iam:ListMFADevices", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
-        "iam:ListUserPolicies", "iam:GetUserPolicy", "iam:GetGroup", "iam:ListAttachedGroupPolicies",
-        "iam:ListGroupPolicies", "iam:GetGroupPolicy", "iam:GetRole", "iam:ListAttachedRolePolicies",
-        "iam:ListRolePolicies", "iam:GetRolePolicy", "iam:GetPolicy", "iam:GetPolicyVersion",
-        "iam:GetAccountSummary", "iam:ListUsers", "iam:ListEntitiesForPolicy", "ecs:DescribeClusters",
-        "ecs:DescribeServices", "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks",
-        "cloudtrail:LookupEvents", "events:ListRules", "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",
+        "sts:GetCallerIdentity", "iam:GetUser", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
+        "iam:ListAttachedUserPolicies", "iam:ListUserPolicies", "iam:GetUserPolicy", "iam:GetGroup",
+        "iam:ListAttachedGroupPolicies", "iam:ListGroupPolicies", "iam:GetGroupPolicy", "iam:GetRole",
+        "iam:ListAttachedRolePolicies", "iam:ListRolePolicies", "iam:GetRolePolicy", "iam:GetPolicy",
+        "iam:GetPolicyVersion", "iam:GetAccountSummary", "ecs:DescribeClusters", "ecs:DescribeServices",
+        "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "cloudtrail:LookupEvents",
+        "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",  # GetObject covers HeadObject
     )
     risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
 
@@ -217,7 +216,21 @@ def _safe(fn: Callable[..., Any], key: str | None = None, **kwargs: Any) -> Any:
     return out[key] if key else out
 
 
+def _policies(iam: Any, kind: str, name: str) -> dict[str, Any]:
+    """Attached policy documents and inline policy documents of a user, group or role."""
+    key = {"user": "UserName", "group": "GroupName", "role": "RoleName"}[kind]
+    get_inline = getattr(iam, f"get_{kind}_policy")
+    return {
+        "attached_policies": [_policy_doc(iam, p["PolicyArn"]) for p in
+                              paginate(iam, f"list_attached_{kind}_policies", "AttachedPolicies", **{key: name})],
+        "inline_policies": {p: _safe(get_inline, "PolicyDocument", **{key: name, "PolicyName": p})
+                            for p in paginate(iam, f"list_{kind}_policies", "PolicyNames", **{key: name})},
+    }
+
+
 def _users(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
+    """Users in scope. Login profile, MFA devices and groups were read by discovery before any change
+    and are kept as `state_before_containment`; re-reading them here would race with containment."""
     for u in scope.get("users", []):
         name = u["name"]
         user = _safe(iam.get_user, "User", UserName=name)
@@ -228,18 +241,8 @@ def _users(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
         for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
             last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"])
             keys.append({**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")})
-        login = _safe(iam.get_login_profile, "LoginProfile", UserName=name)
-        inline = {p: _safe(iam.get_user_policy, "PolicyDocument", UserName=name, PolicyName=p)
-                  for p in paginate(iam, "list_user_policies", "PolicyNames", UserName=name)}
-        attached = [_policy_doc(iam, p["PolicyArn"]) for p in
-                    paginate(iam, "list_attached_user_policies", "AttachedPolicies", UserName=name)]
         bundle.write(f"iam/users/{name}.json", {
-            "user": user, "access_keys": keys,
-            "login_profile": {"present": login is not None, **({"created": login.get("CreateDate")} if login else {})},
-            "mfa_devices": list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=name)),
-            "groups": [g["GroupName"] for g in paginate(iam, "list_groups_for_user", "Groups", UserName=name)],
-            "attached_policies": attached, "inline_policies": inline,
-            "state_before_containment": u,
+            "user": user, "access_keys": keys, **_policies(iam, "user", name), "state_before_containment": u,
         })
 
 
@@ -251,11 +254,8 @@ def _groups_and_roles(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
             bundle.gap(f"iam:group/{name}", "the group no longer exists")
             continue
         bundle.write(f"iam/groups/{name}.json", {
-            "group": group["Group"], "members": [u["UserName"] for u in group.get("Users", [])],
-            "attached_policies": [_policy_doc(iam, p["PolicyArn"]) for p in
-                                  paginate(iam, "list_attached_group_policies", "AttachedPolicies", GroupName=name)],
-            "inline_policies": {p: _safe(iam.get_group_policy, "PolicyDocument", GroupName=name, PolicyName=p)
-                                for p in paginate(iam, "list_group_policies", "PolicyNames", GroupName=name)},
+            "group": group["Group"], "members": [m["UserName"] for m in group.get("Users", [])],
+            **_policies(iam, "group", name),
         })
     for r in scope.get("roles", []):
         name = r["name"]
@@ -263,13 +263,7 @@ def _groups_and_roles(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
         if role is None:
             bundle.gap(f"iam:role/{name}", "the role no longer exists")
             continue
-        bundle.write(f"iam/roles/{name}.json", {
-            "role": role,
-            "attached_policies": [_policy_doc(iam, p["PolicyArn"]) for p in
-                                  paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)],
-            "inline_policies": {p: _safe(iam.get_role_policy, "PolicyDocument", RoleName=name, PolicyName=p)
-                                for p in paginate(iam, "list_role_policies", "PolicyNames", RoleName=name)},
-        })
+        bundle.write(f"iam/roles/{name}.json", {"role": role, **_policies(iam, "role", name)})
 
 
 def _ecs(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
