@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from actions.base import Change
 from runner.errors import InputError, Problem
 from runner.journal import SqliteJournal
 
@@ -55,10 +56,7 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
 
     approvers = {a.step_id: a for a in approvals}
     finished = {(c.step_id, c.digest): c for c in changes}
-    step_action = {s["id"]: s["action"] for s in result.get("steps", [])}
     actions = []
-    from actions.base import Change
-
     for step in result.get("steps", []):
         for c in step["changes"]:
             if c["status"] not in ("applied", "already_done"):
@@ -189,7 +187,6 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
         "manual_actions": result.get("manual_actions", []), "not_done": pending,
         "hardening_facts": facts, "evidence": {**(result.get("evidence") or {}), "gaps": gaps},
         "recommendations": _recommendations(facts, root_key),
-        "step_actions": step_action,
     }
 
 
