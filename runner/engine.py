@@ -123,6 +123,7 @@ class Engine:
         self.lifecycle = RunLifecycle(run.status, self._status_changed)
         self._stop_scheduling = False
         self._refusal: str | None = None
+        self._resumed = False
 
     # ------------------------------------------------------------------ plumbing
     def _action(self, step: Step) -> Action[Any]:
@@ -176,6 +177,7 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def execute(self, resume: bool = False) -> dict[str, Any]:
+        self._resumed = resume
         if resume:
             self._restore()
         with ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="step") as steps_pool, \
@@ -254,7 +256,8 @@ class Engine:
         else:
             state.plan = plan
             state.change_status = {c.digest: "planned" for c in plan.changes}
-            self._confirm_vanished(step, plan)
+            if self._resumed:  # a fresh run has journaled nothing for a step it has not applied yet
+                self._confirm_vanished(step, plan)
             if self.options.dry_run:
                 state.status = "planned" if plan.changes else ("manual" if plan.manual else "noop")
             elif plan.changes:
