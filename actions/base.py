@@ -103,6 +103,9 @@ class ActionContext:
     protected: Callable[[str, str], bool]
     #: where this run's evidence bundle goes (state_dir/evidence/<incident>/<run>)
     evidence_dir: Path | None = None
+    #: CloudTrail records given to the run (--cloudtrail files, a CloudTrail input), and their labels
+    trail_records: list[dict[str, Any]] = field(default_factory=list)
+    trail_sources: list[str] = field(default_factory=list)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order."""

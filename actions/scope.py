@@ -1,5 +1,6 @@
-"""Scope discovery: from the incident's seeds to every credential and workload in scope, each
-with the reason it is in scope, and the look-alikes left alone with the reason why."""
+"""Scope discovery: from the incident's seeds and the CloudTrail attribution graph to every
+credential, change and workload in scope, each with the reason it is in scope (and the event that
+proves it); suspects that only the window points at; and the look-alikes left alone with why."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from botocore.exceptions import ClientError
 from actions.base import Action, ActionContext, NoParams, Plan
 from actions.common import is_code, iso, matches_miner, paginate
 from actions.registry import register
+from runner.attribution.graph import Attribution, Edge
+from runner.attribution.sources import TrailReader, gather
+from runner.detect import seeds_of
 from runner.incident import (
     AccessKeyPrincipal,
     EcsClusterResource,
@@ -43,120 +47,184 @@ def _in_window(created: Any, start: datetime | None) -> bool:
     return start is not None and isinstance(created, datetime) and created >= start
 
 
+def _holds(item: dict[str, Any]) -> str:
+    """What an identity holds, in a few words, for suspects listed in the plan."""
+    parts = []
+    if item.get("attached_policies"):
+        parts.append("policies " + ", ".join(p.rsplit("/", 1)[-1] for p in item["attached_policies"]))
+    if item.get("inline_policies"):
+        parts.append("inline " + ", ".join(item["inline_policies"]))
+    if item.get("groups"):
+        parts.append("groups " + ", ".join(item["groups"]))
+    if (item.get("login_profile") or {}).get("present"):
+        parts.append("a console password")
+    return "; holds " + "; ".join(parts) if parts else ""
+
+
+@dataclass
+class _Buckets:
+    """In scope (contained automatically), escalated (attributed but protected-looking: gated) and
+    suspects (only inside the window: contained only with their own explicit approval)."""
+
+    users: _Found = field(default_factory=_Found)
+    groups: _Found = field(default_factory=_Found)
+    roles: _Found = field(default_factory=_Found)
+    keys: _Found = field(default_factory=_Found)
+    reversals: list[dict[str, Any]] = field(default_factory=list)
+
+    def of(self, kind: str) -> _Found:
+        return {"user": self.users, "group": self.groups, "role": self.roles, "access_key": self.keys}[kind]
+
+    def out(self) -> dict[str, Any]:
+        return {"users": self.users.out(), "groups": self.groups.out(), "roles": self.roles.out(),
+                "access_keys": self.keys.out(), "reversals": self.reversals}
+
+
+def _arn(account: str, kind: str, name: str) -> str:
+    return f"arn:aws:iam::{account}:{kind}/{name}"
+
+
 @register
 class DiscoverScope(Action[NoParams]):
-    """Find what is in scope: seeds from the incident plus what the runner discovers."""
+    """Find what is in scope: what the incident names and what CloudTrail attributes to the
+    compromised credentials. Identities found only because they were created inside the window are
+    suspects; protected-looking identities the attacker made are escalated; changes the attacker
+    made to identities that existed before are listed for precise reversal."""
 
     name = "scope.discover"
-    summary = "Discover the attacker's credentials and workloads from the incident's seeds (read-only)"
+    summary = "Discover the attacker's credentials, changes and workloads from the incident and CloudTrail (read-only)"
     risk = "read-only"
     publishes = "scope"
     permissions = (
         "iam:ListUsers", "iam:ListGroups", "iam:ListRoles", "iam:ListAccessKeys", "iam:GetAccessKeyLastUsed",
         "iam:GetLoginProfile", "iam:ListMFADevices", "iam:ListGroupsForUser", "iam:ListAttachedUserPolicies",
-        "iam:ListUserPolicies", "iam:ListEntitiesForPolicy", "iam:GetAccountSummary", "sts:GetCallerIdentity",
-        "ecs:ListClusters", "ecs:ListServices", "ecs:DescribeServices", "ecs:DescribeTaskDefinition",
-        "ecs:ListTasks", "ecs:DescribeTasks", "cloudtrail:LookupEvents", "s3:ListBucket", "s3:GetObject",
+        "iam:ListUserPolicies", "iam:ListEntitiesForPolicy", "iam:GetAccountSummary", "iam:GetGroup",
+        "sts:GetCallerIdentity", "ecs:ListClusters", "ecs:ListServices", "ecs:DescribeServices",
+        "ecs:DescribeTaskDefinition", "ecs:ListTasks", "ecs:DescribeTasks", "cloudtrail:LookupEvents",
+        "s3:ListBucket", "s3:GetObject",
     )
 
     def plan(self, ctx: ActionContext, params: NoParams) -> Plan:
         iam = ctx.aws.client("iam")
         inc = ctx.incident
         start = inc.window_start_dt
-        since = f"inside the incident window (from {inc.window_start})"
         account = inc.account_id
-        users, groups, roles, keys, excluded = _Found(), _Found(), _Found(), _Found(), []
         self_arn = ctx.aws.identity().principal_arn
+        regions = list(dict.fromkeys([inc.region, *ctx.config.aws.extra_regions]))
 
-        def keep(kind: str, name: str, arn: str) -> bool:
-            if arn == self_arn:
-                excluded.append({"kind": kind, "name": name, "arn": arn, "reason": "the runner's own identity"})
-                return False
-            if ctx.config.is_protected(name, arn):
-                excluded.append({"kind": kind, "name": name, "arn": arn,
-                                 "reason": "protected principal (config guardrails)"})
-                return False
-            return True
+        def read_trail() -> Attribution:
+            reader = TrailReader(client=ctx.aws.client, home_region=inc.region, regions=regions, start=start,
+                                 s3_uri=ctx.config.intake.cloudtrail_s3_uri,
+                                 lookup_tps=ctx.config.intake.lookup_events_tps)
+            return gather(reader, seeds_of(inc), ctx.trail_records, ctx.trail_sources)
 
-        # -- seeds and the IAM listing, read concurrently
+        # -- the IAM listing and the attribution graph, read concurrently
+        trail = ctx.fanout_pool.submit(read_trail)
         all_users, all_groups, all_roles = ctx.fanout(
             lambda op: list(paginate(iam, op[0], op[1])),
-            [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")],
-        )
-        by_user = {u["UserName"]: u for u in all_users}
-        by_group = {g["GroupName"]: g for g in all_groups}
-        by_role = {r["RoleName"]: r for r in all_roles}
+            [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        graph = trail.result()
+        by_kind = {"user": {u["UserName"]: u for u in all_users}, "group": {g["GroupName"]: g for g in all_groups},
+                   "role": {r["RoleName"]: r for r in all_roles
+                            if not r.get("Path", "/").startswith("/aws-service-role/")}}
+        scope, escalated, suspects = _Buckets(), _Buckets(), _Buckets()
+        excluded: list[dict[str, Any]] = []
         missing: list[str] = []
+        notes: list[str] = []
+        named = {"user": {p.name for p in inc.principals if isinstance(p, UserPrincipal)},
+                 "group": {p.name for p in inc.principals if isinstance(p, GroupPrincipal)},
+                 "role": {p.name for p in inc.principals if isinstance(p, RolePrincipal)}}
+        created = {"user": graph.users, "group": graph.groups, "role": graph.roles}
 
-        def add_user(name: str, reason: str) -> None:
-            u = by_user.get(name)
-            if u is None:
-                missing.append(f"user {name} named in the incident does not exist")
-            elif keep("user", name, u["Arn"]):
-                users.add(name, {"name": name, "arn": u["Arn"], "label": name,
-                                 "created": iso(u.get("CreateDate")),
-                                 "created_in_window": _in_window(u.get("CreateDate"), start)}, reason)
+        def leave(kind: str, name: str, arn: str, reason: str) -> None:
+            if not any(e["name"] == name and e["kind"] == kind for e in excluded):
+                excluded.append({"kind": kind, "name": name, "arn": arn, "reason": reason})
 
-        root_key = None
-        for p in inc.principals:
-            if isinstance(p, UserPrincipal):
-                add_user(p.name, "named in the incident")
-            elif isinstance(p, GroupPrincipal):
-                g = by_group.get(p.name)
-                if g is None:
-                    missing.append(f"group {p.name} named in the incident does not exist")
-                elif keep("group", p.name, g["Arn"]):
-                    groups.add(p.name, {"name": p.name, "arn": g["Arn"], "label": p.name,
-                                        "created": iso(g.get("CreateDate"))}, "named in the incident")
-            elif isinstance(p, RolePrincipal):
-                r = by_role.get(p.name)
-                if r is None:
-                    missing.append(f"role {p.name} named in the incident does not exist")
-                elif keep("role", p.name, r["Arn"]):
-                    roles.add(p.name, {"name": p.name, "arn": r["Arn"], "label": p.name}, "named in the incident")
-            elif isinstance(p, AccessKeyPrincipal):
-                try:
-                    owner = iam.get_access_key_last_used(AccessKeyId=p.id).get("UserName")
-                except ClientError as exc:
-                    if not is_code(exc, "NoSuchEntity", "AccessDenied"):
-                        raise
-                    owner = None
-                if owner and owner != "root":
-                    add_user(owner, f"owns access key {p.id} named in the incident")
-                elif owner is None:
-                    missing.append(f"access key {p.id} named in the incident was not found")
-            elif isinstance(p, RootPrincipal):
-                root_key = p.access_key_id
+        # -- identities: in scope, escalated, suspect, or left alone (with why)
+        for kind in ("user", "group", "role"):
+            for name in sorted(named[kind] - set(by_kind[kind])):
+                missing.append(f"{kind} {name} named in the incident does not exist")
+            for name, item in by_kind[kind].items():
+                arn = item["Arn"]
+                when = item.get("CreateDate")
+                in_window = _in_window(when, start)
+                reasons = []
+                if name in named[kind]:
+                    reasons.append("named in the incident")
+                if name in created[kind]:
+                    reasons.append(f"created by the attacker ({created[kind][name].proof})")
+                if not reasons and not in_window:
+                    continue
+                entry = {"name": name, "arn": arn, "label": name, "created": iso(when)}
+                if kind == "user":
+                    entry["created_in_window"] = in_window
+                if arn == self_arn:
+                    leave(kind, name, arn, "the runner's own identity")
+                    continue
+                protected = ctx.config.is_protected(name, arn)
+                if reasons:
+                    if protected and not in_window and name not in created[kind]:
+                        leave(kind, name, arn, "protected principal (config guardrails) that existed before the "
+                                               "window; named in the incident but never touched automatically")
+                    elif protected:
+                        escalated.of(kind).add(name, {**entry, "evasion": True}, "; ".join(reasons) + (
+                            "; named like a protected principal but created inside the window or by the attacker: "
+                            "a likely evasion"))
+                    else:
+                        scope.of(kind).add(name, entry, "; ".join(reasons))
+                    continue
+                other = graph.created_by_other(kind, name)
+                if other is not None:
+                    leave(kind, name, arn, f"created inside the window by {other.actor}, not the attacker, "
+                                           f"according to CloudTrail ({other.proof})")
+                    continue
+                why = (f"created {iso(when)}, inside the incident window, but no CloudTrail event links it to the "
+                       "compromised credentials" if graph.available else
+                       f"created {iso(when)}, inside the incident window; no CloudTrail source was available to "
+                       "say who created it")
+                if protected:
+                    why += "; named like a protected principal (a likely evasion, or a real break-glass change)"
+                suspects.of(kind).add(name, {**entry, "evasion": protected}, why)
 
-        for name, u in by_user.items():
-            if _in_window(u.get("CreateDate"), start):
-                add_user(name, f"created {iso(u['CreateDate'])}, {since}")
-        for name, g in by_group.items():
-            if _in_window(g.get("CreateDate"), start) and keep("group", name, g["Arn"]):
-                groups.add(name, {"name": name, "arn": g["Arn"], "label": name, "created": iso(g.get("CreateDate"))},
-                           f"created {iso(g['CreateDate'])}, {since}")
-        for name, r in by_role.items():
-            if r.get("Path", "/").startswith("/aws-service-role/"):
-                continue  # service-linked roles are AWS's own
-            if _in_window(r.get("CreateDate"), start) and keep("role", name, r["Arn"]):
-                roles.add(name, {"name": name, "arn": r["Arn"], "label": name},
-                           f"created {iso(r['CreateDate'])}, {since}")
-
-        # -- access keys: every key of an in-scope user, and any key created in the window
-        user_names = [n for n in by_user if _visible(ctx, n, by_user[n]["Arn"], self_arn)]
-        key_lists = ctx.fanout(lambda n: (n, list(paginate(iam, "list_access_keys", "AccessKeyMetadata",
-                                                               UserName=n))), user_names)
-        for name, metas in key_lists:
+        # -- access keys: of in-scope/escalated/suspect users, named ones, and ones the attacker minted
+        visible = [n for n, u in by_kind["user"].items() if u["Arn"] != self_arn]
+        key_lists = dict(ctx.fanout(lambda n: (n, list(paginate(iam, "list_access_keys", "AccessKeyMetadata",
+                                                                    UserName=n))), visible))
+        named_keys = {p.id for p in inc.principals if isinstance(p, AccessKeyPrincipal)}
+        seen_keys: set[str] = set()
+        for user, metas in key_lists.items():
+            arn = by_kind["user"][user]["Arn"]
             for k in metas:
-                item = {"id": k["AccessKeyId"], "user": name, "user_arn": by_user[name]["Arn"],
-                        "status": k["Status"], "created": iso(k.get("CreateDate")),
-                        "label": f"{k['AccessKeyId']} ({name})"}
-                if name in users.items:
-                    keys.add(k["AccessKeyId"], item, f"belongs to in-scope user {name}")
-                elif _in_window(k.get("CreateDate"), start):
-                    keys.add(k["AccessKeyId"], item, f"created {iso(k['CreateDate'])}, {since}")
+                kid = k["AccessKeyId"]
+                seen_keys.add(kid)
+                item = {"id": kid, "user": user, "user_arn": arn, "status": k["Status"],
+                        "created": iso(k.get("CreateDate")), "label": f"{kid} ({user})"}
+                minted = graph.keys.get(kid)
+                for bucket in (scope, escalated, suspects):
+                    if user in bucket.users.items:
+                        bucket.keys.add(kid, item, f"belongs to {'in-scope' if bucket is scope else 'that'} "
+                                                   f"user {user}")
+                        break
+                else:
+                    protected = ctx.config.is_protected(user, arn)
+                    target = escalated if protected else scope
+                    if kid in named_keys:
+                        target.keys.add(kid, item, "named in the incident as compromised")
+                    elif minted is not None and minted.kind == "created":
+                        target.keys.add(kid, item, f"created by the attacker for existing user {user} "
+                                                   f"({minted.proof}); the user's own keys are left alone")
+                    elif _in_window(k.get("CreateDate"), start):
+                        other = graph.created_by_other("access_key", kid)
+                        if other is not None:
+                            leave("access_key", kid, arn, f"created inside the window by {other.actor}, not the "
+                                                          f"attacker ({other.proof})")
+                        else:
+                            suspects.keys.add(kid, item, f"created {iso(k.get('CreateDate'))} for existing user "
+                                                         f"{user}, inside the window; not attributed")
+        for kid in sorted(named_keys - seen_keys):
+            missing.append(f"access key {kid} named in the incident was not found on any IAM user")
 
-        # -- details of in-scope users (for the plan and the report)
+        # -- details of every identity that may be contained (plan, report, suspects' holdings)
         def details(name: str) -> tuple[str, dict[str, Any]]:
             try:
                 lp = iam.get_login_profile(UserName=name)["LoginProfile"]
@@ -175,12 +243,44 @@ class DiscoverScope(Action[NoParams]):
                 "inline_policies": list(paginate(iam, "list_user_policies", "PolicyNames", UserName=name)),
             }
 
-        for name, info in ctx.fanout(details, list(users.items)):
-            users.items[name].update(info)
+        detail_users = [*scope.users.items, *escalated.users.items, *suspects.users.items]
+        for name, info in ctx.fanout(details, detail_users):
+            for bucket in (scope, escalated, suspects):
+                if name in bucket.users.items:
+                    bucket.users.items[name].update(info)
+        for item in suspects.users.items.values():
+            item["reasons"][-1] += _holds(item)
+
+        # -- changes the attacker made to identities that are not its own: reversed precisely
+        attacker_owned = {("user", n) for n in (*scope.users.items, *escalated.users.items)}
+        attacker_owned |= {("group", n) for n in (*scope.groups.items, *escalated.groups.items)}
+        attacker_owned |= {("role", n) for n in (*scope.roles.items, *escalated.roles.items)}
+        for edge in graph.edges:
+            if edge.target_kind == "login_profile":
+                kind, name = "user", edge.target
+            elif edge.kind == "session" and edge.actor.startswith("user:"):
+                kind, name = "user", edge.actor.removeprefix("user:")  # sessions issued with a stolen key
+            elif edge.target_kind in ("user", "group", "role"):
+                kind, name = edge.target_kind, edge.target
+            else:
+                continue
+            if (kind, name) in attacker_owned or name not in by_kind[kind]:
+                continue
+            arn = by_kind[kind][name]["Arn"]
+            reversal = _reversal(edge, kind, name, arn, graph)
+            if reversal is None:
+                continue
+            if reversal["op"] == "manual":
+                notes.append(reversal["instructions"])
+            bucket = escalated if ctx.config.is_protected(name, arn) else scope
+            if reversal not in bucket.reversals:
+                bucket.reversals.append(reversal)
 
         # -- look-alikes: who else holds the admin policies, and why they are left alone
-        in_scope_arns = {u["arn"] for u in users.items.values()} | {g["arn"] for g in groups.items.values()} \
-            | {r["arn"] for r in roles.items.values()}
+        in_scope_arns = {i["arn"] for b in (scope, escalated) for f in (b.users, b.groups, b.roles)
+                         for i in f.items.values()}
+        protected_paths: dict[str, list[str]] = {}
+        admin_groups: list[str] = []
         for policy_arn in dict.fromkeys([*ctx.config.discovery.admin_policy_arns, *inc.indicators.policy_arns]):
             try:
                 ents = iam.list_entities_for_policy(PolicyArn=policy_arn)
@@ -189,22 +289,37 @@ class DiscoverScope(Action[NoParams]):
                     raise
                 continue
             policy = policy_arn.rsplit("/", 1)[-1]
-            for kind, key, lookup in (("user", "PolicyUsers", by_user), ("group", "PolicyGroups", by_group),
-                                      ("role", "PolicyRoles", by_role)):
+            for kind, key in (("user", "PolicyUsers"), ("group", "PolicyGroups"), ("role", "PolicyRoles")):
                 for ent in ents.get(key, []):
                     ename = ent.get("UserName") or ent.get("GroupName") or ent.get("RoleName")
-                    arn = lookup.get(ename, {}).get("Arn", "")
+                    arn = by_kind[kind].get(ename, {}).get("Arn", _arn(account, kind, ename))
+                    if kind == "group":
+                        admin_groups.append(ename)
+                    if ctx.config.is_protected(ename, arn) and kind != "group":
+                        protected_paths.setdefault(arn, []).append(f"{kind}-policy:{policy_arn}")
                     if arn in in_scope_arns or any(e["name"] == ename for e in excluded):
                         continue
                     why = (f"protected principal (config guardrails); holds {policy}"
                            if ctx.config.is_protected(ename, arn) else
-                           f"holds {policy} but was created before the incident window and is not named "
-                           f"in the incident: a legitimate holder")
-                    excluded.append({"kind": kind, "name": ename, "arn": arn, "reason": why})
+                           f"holds {policy} but is neither named in the incident nor attributed to the attacker: "
+                           "a legitimate holder")
+                    leave(kind, ename, arn, why)
+        # a protected principal's admin paths through groups (the last-admin-path guardrail reads these)
+        for group in dict.fromkeys(admin_groups):
+            try:
+                members = list(paginate(iam, "get_group", "Users", GroupName=group))
+            except ClientError as exc:
+                if not is_code(exc, "NoSuchEntity"):
+                    raise
+                continue
+            for m in members:
+                if ctx.config.is_protected(m["UserName"], m["Arn"]):
+                    protected_paths.setdefault(m["Arn"], []).append(f"group:{_arn(account, 'group', group)}")
 
         # -- root
         summary = iam.get_account_summary()["SummaryMap"]
         present = int(summary.get("AccountAccessKeysPresent", 0)) > 0
+        root_key = next((p.access_key_id for p in inc.principals if isinstance(p, RootPrincipal)), None)
         root = {
             "access_key_id": root_key, "access_keys_present": present,
             "mfa_enabled": bool(summary.get("AccountMFAEnabled", 0)),
@@ -212,29 +327,80 @@ class DiscoverScope(Action[NoParams]):
             + ("" if present else "; the account reports no root access keys now"),
         }
 
-        from actions.trail import attributed_ecs
-
-        attributed, trail_notes = attributed_ecs(ctx, list(users.items), list(roles.items))
-        services, tasks, ecs_excluded = discover_ecs(ctx, {u["arn"] for u in users.items.values()}
-                                                     | {r["arn"] for r in roles.items.values()}, attributed)
+        # -- ECS work: by image, by name, by CloudTrail, by the ECS record of who created it
+        attributed = {(str(e.detail.get("cluster")), str(e.detail.get("service"))):
+                      f"created by the attacker according to CloudTrail ({e.proof})"
+                      for e in graph.edges if e.event == "ecs:CreateService" and e.detail.get("service")}
+        attacker_arns = in_scope_arns | set(graph.sessions)
+        if any(isinstance(p, RootPrincipal) for p in inc.principals):
+            attacker_arns.add(f"arn:aws:iam::{account}:root")
+        services, tasks, ecs_excluded = discover_ecs(ctx, attacker_arns, attributed)
         task_defs = list(dict.fromkeys([s["task_definition"] for s in services]
                                        + [t["task_definition"] for t in tasks if t.get("task_definition")]))
         clusters = list({(s["region"], s["cluster"]): {"name": s["cluster"], "region": s["region"],
                                                         "label": s["cluster"], "reason": "holds an in-scope service"}
                          for s in services}.values())
-        scope = {
+
+        if not graph.available:
+            notes.insert(0, "NO CLOUDTRAIL SOURCE: nothing attributes identities to the attacker beyond what the "
+                            "incident names; identities created inside the window are only suspects (give "
+                            "--cloudtrail FILE or set [intake] cloudtrail_s3_uri)")
+        if suspects.users.items or suspects.groups.items or suspects.roles.items or suspects.keys.items:
+            count = sum(len(f.items) for f in (suspects.users, suspects.groups, suspects.roles, suspects.keys))
+            notes.append(f"{count} suspect(s) created inside the window are not attributed: contained only by "
+                         "the contain-suspects step with its own explicit approval (--approve-all does not cover it)")
+        notes += [f"attribution gap: {g}" for g in graph.gaps[:20]]
+        # protected-looking principals that gated steps may change: escalated ones and evasive suspects
+        lookalikes = sorted({i["arn"] for b in (escalated, suspects) for f in (b.users, b.groups, b.roles)
+                             for i in f.items.values() if b is escalated or i.get("evasion")}
+                            | {i["user_arn"] for i in escalated.keys.items.values()}
+                            | {r["arn"] for r in escalated.reversals})
+        out = {
             "account_id": account, "window_start": inc.window_start,
-            "users": users.out(), "groups": groups.out(), "roles": roles.out(), "access_keys": keys.out(),
+            **scope.out(),
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
             "ecs_task_definitions": [{"arn": a, "label": a.rsplit("/", 1)[-1]} for a in task_defs],
+            "escalated": escalated.out(),
+            "protected_lookalikes": lookalikes,
+            "suspects": suspects.out(),
             "excluded": excluded + ecs_excluded, "missing": missing,
+            "protected_admin_paths": protected_paths,
+            "attribution": graph.to_json(),
+            "attacker_events": graph.events,
+            "attacker_principals": sorted(in_scope_arns | set(graph.sessions)),
         }
-        return Plan(outputs=scope, notes=missing + trail_notes)
+        return Plan(outputs=out, notes=missing + notes)
 
 
-def _visible(ctx: ActionContext, name: str, arn: str, self_arn: str) -> bool:
-    """Neither protected nor the runner itself (checked silently: only candidates are reported)."""
-    return arn != self_arn and not ctx.config.is_protected(name, arn)
+def _reversal(edge: Edge, kind: str, name: str, arn: str, graph: Attribution) -> dict[str, Any] | None:
+    """The precise undo of one attacker change to an identity the attacker does not own."""
+    base = {"kind": kind, "name": name, "arn": arn, "event_id": edge.event_id, "proof": edge.proof}
+    d = edge.detail
+    if edge.kind == "attached" and d.get("policy_arn"):
+        return {**base, "op": "detach-policy", "policy_arn": d["policy_arn"]}
+    if edge.kind == "inline-policy" and d.get("policy_name"):
+        return {**base, "op": "delete-inline-policy", "policy_name": d["policy_name"]}
+    if edge.kind == "added-to-group" and d.get("group"):
+        return {**base, "op": "remove-from-group", "group": d["group"]}
+    if edge.kind == "created" and edge.target_kind == "login_profile":
+        return {**base, "op": "delete-login-profile"}
+    if edge.kind == "changed" and edge.target_kind == "login_profile":
+        return {**base, "op": "manual", "instructions": (
+            f"The attacker changed the console password of existing user {name} ({edge.proof}). Its owner must "
+            f"set a new password (IAM console > Users > {name} > Security credentials > Manage console access), "
+            "and check the account's recent console sign-ins.")}
+    if edge.kind == "mfa" and d.get("serial"):
+        return {**base, "op": "deactivate-mfa", "serial": d["serial"]}
+    if edge.kind == "trust-policy":
+        earlier = [e for e in graph.creators.values() if e.target_kind == "role" and e.target == name]
+        return {**base, "op": "manual", "instructions": (
+            f"The attacker replaced the trust policy of existing role {name} ({edge.proof}). Restore the trust "
+            "policy from your infrastructure code or the role's last known good copy (the attacker's document is "
+            "in the evidence bundle); sessions the attacker obtained through it are revoked by the "
+            "revoke-role-sessions step." + (" CloudTrail also holds its creation." if earlier else ""))}
+    if edge.kind in ("assumed-role", "session"):
+        return {**base, "op": "revoke-sessions", "issued_by": edge.detail.get("access_key_id")}
+    return None
 
 
 def discover_ecs(
@@ -281,8 +447,12 @@ def discover_ecs(
                         reasons.append("named in the incident")
                     if (cluster, name) in (attributed or {}):
                         reasons.append((attributed or {})[(cluster, name)])
-                    if svc.get("createdBy") in attacker_arns:
-                        reasons.append(f"created by in-scope principal {svc['createdBy']}")
+                    creator = str(svc.get("createdBy") or "")
+                    if creator in attacker_arns and (not creator.endswith(":root")
+                                                     or _in_window(svc.get("createdAt"), start)):
+                        who = ("the compromised root user" if creator.endswith(":root")
+                               else f"in-scope principal {creator}")
+                        reasons.append(f"created by {who} (ECS createdBy)")
                     if cluster in named_clusters and _in_window(svc.get("createdAt"), start):
                         reasons.append(f"created {iso(svc.get('createdAt'))} in cluster {cluster} named in "
                                        f"the incident")

@@ -127,7 +127,7 @@ def emit(result: dict[str, Any], output: Output) -> None:
                 typer.echo(f"  {item['kind']:<12} {item['name']}  -- {item['reason']}")
     typer.echo("\nSteps:")
     for step in result["steps"]:
-        gate = "  (approval required)" if step.get("approval") == "required" and step["status"] in (
+        gate = "  (approval required)" if step.get("approval") in ("required", "explicit") and step["status"] in (
             "planned", "awaiting_approval") else ""
         typer.echo(f"  {step['status']:<18} {step['id']:<28} {step['action']}{gate}")
         for note in step.get("notes", []):
@@ -192,6 +192,7 @@ def run(
     INCIDENT may be a native incident, a GuardDuty finding (EventBridge event, bare, or boto3
     get_findings output), a Security Hub finding (ASFF, or a 'Security Hub Findings' event), or
     CloudTrail records; the format is detected."""
+    from runner.attribution.sources import read_trail_files
     from runner.config import load_config
     from runner.intake import IntakeOptions, load_any, merge_cloudtrail
     from runner.service import AwsOptions, start_run
@@ -199,14 +200,18 @@ def run(
 
     cfg = load_config(config)
     inc = load_any(incident, cfg, IntakeOptions(allow_sample=allow_sample, allow_archived=allow_archived))
-    if cloudtrail:
-        inc = merge_cloudtrail(inc, cloudtrail, cfg)
+    trail_files = list(cloudtrail or [])
+    if inc.source is not None and inc.source.format == "cloudtrail" and incident != "-":
+        trail_files.insert(0, incident)  # a CloudTrail input is also the run's attribution source
+    trail = read_trail_files(trail_files) if trail_files else ([], [])
+    if trail[0]:
+        inc = merge_cloudtrail(inc, trail[0])
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
                          by=by or default_approver(), reason=reason, max_changes=max_changes)
     outcome = start_run(
         inc, playbook_ref=playbook, config_path=config, options=options,
         aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
-        prompt=_prompt(),
+        prompt=_prompt(), trail=trail,
     )
     _finish(outcome, output)
 

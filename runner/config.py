@@ -55,6 +55,8 @@ class IntakeSection(_Section):
     kinds: dict[str, str] = Field(default_factory=dict)
     #: CloudTrail attribution: how long after the first root use attacker activity is followed
     window_hours: float = Field(24, gt=0)
+    #: CloudTrail LookupEvents calls per second per region (the API allows 2)
+    lookup_events_tps: float = Field(2, gt=0)
     #: trail files (s3://bucket/prefix/) read by discovery to attribute ECS work to the attacker
     cloudtrail_s3_uri: str = Field("", pattern=r"^(s3://[a-z0-9.\-]{3,63}(/.*)?)?$")
 

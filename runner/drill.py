@@ -113,6 +113,68 @@ def seed(session: boto3.Session, names: dict[str, str] | None = None) -> dict[st
     return {"incident": incident, "names": n, "attacker_key": attacker_key, "alice_key": alice_key}
 
 
+class TrailWriter:
+    """CloudTrail records for what a drill or a test did (moto records none), with event ids,
+    times, a source IP and a user agent, as a real trail file would hold them."""
+
+    def __init__(self, account: str = ACCOUNT, region: str = REGION, when: str | None = None) -> None:
+        self.account, self.region, self.when = account, region, when or _stamp()
+        self.records: list[dict[str, Any]] = []
+
+    def root(self, key: str = ROOT_KEY) -> dict[str, Any]:
+        return {"type": "Root", "principalId": self.account, "arn": f"arn:aws:iam::{self.account}:root",
+                "accountId": self.account, "accessKeyId": key}
+
+    def user(self, name: str, key: str) -> dict[str, Any]:
+        return {"type": "IAMUser", "principalId": f"AIDA{abs(hash(name)) % 10**12:012d}",
+                "arn": f"arn:aws:iam::{self.account}:user/{name}", "accountId": self.account, "accessKeyId": key,
+                "userName": name}
+
+    def role(self, role: str, session: str, key: str) -> dict[str, Any]:
+        return {"type": "AssumedRole", "principalId": f"AROA:{session}",
+                "arn": f"arn:aws:sts::{self.account}:assumed-role/{role}/{session}", "accountId": self.account,
+                "accessKeyId": key, "sessionContext": {"sessionIssuer": {
+                    "type": "Role", "arn": f"arn:aws:iam::{self.account}:role/{role}", "userName": role}}}
+
+    def add(self, who: dict[str, Any], source: str, name: str, req: Any = None, resp: Any = None, *,
+            ip: str = "203.0.113.7", agent: str = "aws-cli/2.15 Python/3.11", region: str | None = None,
+            error: str | None = None) -> dict[str, Any]:
+        rec = {"eventVersion": "1.08", "userIdentity": who, "eventTime": self.when,
+               "eventSource": f"{source}.amazonaws.com", "eventName": name, "awsRegion": region or self.region,
+               "sourceIPAddress": ip, "userAgent": agent, "requestParameters": req, "responseElements": resp,
+               "eventID": f"drill-{len(self.records) + 1:04d}", "recipientAccountId": self.account,
+               "eventType": "AwsApiCall"}
+        if error:
+            rec["errorCode"] = error
+        self.records.append(rec)
+        return rec
+
+    def document(self) -> dict[str, Any]:
+        return {"Records": self.records}
+
+
+def attack_trail(seeded: dict[str, Any], trail: TrailWriter | None = None) -> TrailWriter:
+    """The CloudTrail of `seed`'s attack: root creates the user, key, password, group and admin
+    attachment; the user creates the cluster, task definition and service."""
+    t = trail or TrailWriter(when=seeded["incident"]["window_start"])
+    n, key = seeded["names"], seeded["attacker_key"]["AccessKeyId"]
+    root = t.root()
+    t.add(root, "sts", "GetCallerIdentity")
+    t.add(root, "iam", "CreateUser", {"userName": n["user"]}, {"user": {"userName": n["user"]}})
+    t.add(root, "iam", "CreateAccessKey", {"userName": n["user"]},
+          {"accessKey": {"accessKeyId": key, "userName": n["user"], "status": "Active"}})
+    t.add(root, "iam", "CreateLoginProfile", {"userName": n["user"], "passwordResetRequired": False})
+    t.add(root, "iam", "CreateGroup", {"groupName": n["group"]})
+    t.add(root, "iam", "AttachGroupPolicy", {"groupName": n["group"], "policyArn": ADMIN})
+    t.add(root, "iam", "AddUserToGroup", {"groupName": n["group"], "userName": n["user"]})
+    me = t.user(n["user"], key)
+    t.add(me, "ecs", "CreateCluster", {"clusterName": n["cluster"]})
+    t.add(me, "ecs", "RegisterTaskDefinition", {"family": n["service"], "requiresCompatibilities": ["FARGATE"],
+                                                "containerDefinitions": [{"name": "app", "image": n["image"]}]})
+    t.add(me, "ecs", "CreateService", {"cluster": n["cluster"], "serviceName": n["service"], "desiredCount": 2})
+    return t
+
+
 def root_keys_present(present: bool) -> None:
     """moto cannot create root access keys; mark the account as having one, as the reference does."""
     from moto.iam.models import iam_backends
@@ -187,6 +249,9 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         inc_path = state / f"drill-incident-{int(time.time())}.json"
         inc_path.write_text(json.dumps(seeded["incident"], indent=2))
         incident = validate_incident(str(inc_path), seeded["incident"])
+        trail_path = state / f"drill-trail-{int(time.time())}.json"
+        trail_path.write_text(json.dumps(attack_trail(seeded).document()))
+        trail = ([*attack_trail(seeded).records], [f"trail file {trail_path} (the drill's own record of the attack)"])
         before = account_snapshot(session)
         options = RunOptions(dry_run=dry_run, approve_all=True, by="drill",
                              reason="drill: approvals recorded as the drill's")
@@ -194,7 +259,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         def go() -> dict[str, Any]:
             aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
             return start_run(incident, playbook_ref=None, config_path=None, options=options,
-                             aws_opts=AwsOptions(region=REGION), state=state, session=aws).result
+                             aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail).result
 
         result = go()
         after = account_snapshot(session)

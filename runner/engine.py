@@ -103,8 +103,10 @@ class Engine:
         self, *, run: RunRecord, playbook: Playbook, incident: Incident, config: Config,
         registry: Registry, journal: Journal, aws: AwsSession, log: Any, options: RunOptions,
         prompt: Prompt | None = None, evidence_dir: Path | None = None,
+        trail: tuple[list[dict[str, Any]], list[str]] = ([], []),
     ) -> None:
         self.evidence_dir = evidence_dir
+        self.trail = trail
         self.run = run
         self.playbook = playbook
         self.incident = incident
@@ -122,6 +124,7 @@ class Engine:
         self.actions: dict[str, Action[Any]] = {s.id: self._action(s) for s in playbook.steps}
         self.lifecycle = RunLifecycle(run.status, self._status_changed)
         self._stop_scheduling = False
+        self._forced_gates: set[str] = set()
         self._refusal: str | None = None
         self._resumed = False
 
@@ -184,8 +187,8 @@ class Engine:
                 ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="call") as calls_pool:
             ctx = ActionContext(
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
-                started_at=datetime.now(UTC), fanout_pool=calls_pool, protected=self._is_protected,
-                evidence_dir=self.evidence_dir,
+                started_at=_started(self.run.created_at), fanout_pool=calls_pool, protected=self._is_protected,
+                evidence_dir=self.evidence_dir, trail_records=self.trail[0], trail_sources=self.trail[1],
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn
@@ -302,9 +305,20 @@ class Engine:
                     state.earlier.append(change)
                 state.change_status[change.digest] = "applied" if rec.status == "applying" else rec.status
 
+    def _scope(self) -> dict[str, Any]:
+        found = self._template_scope().get("scope")
+        return found if isinstance(found, dict) else {}
+
     def _guard(self, steps: list[Step]) -> str | None:
-        """Guardrails over every planned change of this wave; a violation refuses the run."""
+        """Guardrails over every planned change of this wave; a violation refuses the run.
+
+        Protected principals are never touched, unless discovery escalated them (created inside the
+        window or attributed to the attacker: a likely evasion, contained only through a gated step).
+        A change that removes a protected principal's last admin path is refused, unless the attacker
+        made that path (then the step is gated, with the reason)."""
         cap = self.options.max_changes or self.config.runner.max_changes_per_step
+        scope = self._scope()
+        lookalikes = set(scope.get("protected_lookalikes") or [])
         for step in steps:
             plan = self.states[step.id].plan
             assert plan is not None
@@ -313,21 +327,33 @@ class Engine:
                 name = change.target.rsplit("/", 1)[-1]
                 if change.target == self.identity_arn:
                     problems.append(f"{change.target} is the runner's own identity")
-                elif self.config.is_protected(name, change.target):
+                elif self.config.is_protected(name, change.target) and change.target not in lookalikes:
                     problems.append(f"{change.target} is a protected principal")
+                elif change.target in lookalikes and not self._needs_approval(step):
+                    problems.append(f"{change.target} is named like a protected principal and may only be "
+                                    "changed by an approval-gated step")
+            cut, attributed = last_admin_path_cut(plan.changes, scope.get("protected_admin_paths") or {})
+            for principal in cut:
+                if principal in attributed:
+                    self._forced_gates.add(step.id)
+                    self._event("guard.gated", step, message=f"removes the last admin path of protected "
+                                                            f"{principal}, which the attacker made: approval needed")
+                else:
+                    problems.append(f"it would remove the last admin path of protected principal {principal}")
             if len(plan.changes) > cap:
                 problems.append(f"{len(plan.changes)} changes exceed the cap of {cap} per step "
                                 f"(raise it with --max-changes {len(plan.changes)} if this is intended)")
             if problems:
                 state = self.states[step.id]
-                state.status, state.error = "refused", "; ".join(problems)
+                state.status, state.error = "refused", "; ".join(dict.fromkeys(problems))
                 self._save(step, state)
                 self._event("step.refused", step, outcome="refused", error=state.error)
                 return f"step {step.id}: {state.error}"
         return None
 
     def _needs_approval(self, step: Step) -> bool:
-        return step.approval == "required" or self.actions[step.id].risk in self.config.approval.require_for_tiers
+        return step.approval != "auto" or step.id in self._forced_gates \
+            or self.actions[step.id].risk in self.config.approval.require_for_tiers
 
     def _gate(self, step: Step) -> bool:
         if not self._needs_approval(step):
@@ -341,11 +367,12 @@ class Engine:
         if recorded:
             self._event("approval.stale", step, message="the plan changed since it was approved; approve again")
         pre = None
-        if self.options.approve_all:
-            pre = "pre-approved with --approve-all"
-        elif step.id in self.options.approve:
+        explicit = step.approval == "explicit"  # only this step's own approval counts
+        if step.id in self.options.approve:
             pre = f"pre-approved with --approve {step.id}"
-        elif step.id in self.config.approval.pre_approved_steps:
+        elif self.options.approve_all and not explicit:
+            pre = "pre-approved with --approve-all"
+        elif step.id in self.config.approval.pre_approved_steps and not explicit:
             pre = f"pre-approved by config ({self.config.source})"
         if pre is not None:
             self.record_approval(step, state.plan, self.options.by if "config" not in pre else "config",
@@ -488,7 +515,7 @@ class Engine:
                 "error": state.error,
             }
             if self._needs_approval(step):
-                entry["approval"] = "required"
+                entry["approval"] = "explicit" if step.approval == "explicit" else "required"
             if state.verify_failures:
                 entry["verification"] = state.verify_failures
             if plan.notes:
@@ -525,6 +552,41 @@ class Engine:
             "api_calls_total": sum(calls.values()), "api_calls": calls,
             "refused_writes": list(self.aws.refused),
         }
+
+
+def _started(created_at: str) -> datetime:
+    """When the run started (a resumed run keeps its start: plans that cite it stay the same)."""
+    try:
+        return datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def last_admin_path_cut(changes: list[Change], paths: dict[str, list[str]]) -> tuple[set[str], set[str]]:
+    """Protected principals whose every admin path the changes remove; and those of them whose
+    removed paths all come from changes attributed to the attacker (their reason cites an event)."""
+    removed: dict[str, set[str]] = {}
+    by_attacker: dict[str, bool] = {}
+    for c in changes:
+        p = c.params
+        hits: list[tuple[str, str]] = []
+        if c.operation == "iam:DetachGroupPolicy":
+            group = c.target
+            hits = [(who, path) for who, ps in paths.items() for path in ps if path == f"group:{group}"]
+        elif c.operation == "iam:RemoveUserFromGroup":
+            hits = [(c.target, path) for path in paths.get(c.target, []) if path.endswith(f":group/{p['GroupName']}")]
+        elif c.operation == "iam:DetachUserPolicy":
+            hits = [(c.target, f"user-policy:{p['PolicyArn']}")]
+        elif c.operation in ("iam:PutUserPolicy", "iam:PutGroupPolicy") and \
+                "Quarantine" in str(p.get("PolicyDocument")):
+            hits = [(who, path) for who, ps in paths.items() for path in ps
+                    if who == c.target or path == f"group:{c.target}"]
+        for who, path in hits:
+            if path in paths.get(who, []):
+                removed.setdefault(who, set()).add(path)
+                by_attacker[who] = by_attacker.get(who, True) and "the attacker's change" in c.reason
+    cut = {who for who, gone in removed.items() if gone >= set(paths.get(who, []))}
+    return cut, {who for who in cut if by_attacker.get(who)}
 
 
 def _describe(exc: BaseException) -> str:

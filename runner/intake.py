@@ -137,7 +137,8 @@ def to_incident(label: str, doc: Any, config: Config, options: IntakeOptions = I
     if fmt == "asff":
         return asff_incident(label, [Doc(label, doc)], config, options)
     if fmt in ("cloudtrail-records", "cloudtrail-eventbridge", "cloudtrail-record"):
-        from runner.detect import detect_chain, records_of
+        from runner.attribution.records import records_of
+        from runner.detect import detect_chain
 
         chain = detect_chain(records_of(label, doc), config)
         if chain.incident is None:
@@ -459,50 +460,25 @@ def _asff_resource(r: Doc, b: _Builder) -> None:
 
 def read_records(sources: list[str]) -> list[dict[str, Any]]:
     """CloudTrail records from trail files (plain or gzipped JSON) and EventBridge events."""
-    from runner.detect import records_of
+    from runner.attribution.sources import read_trail_files
 
-    out: list[dict[str, Any]] = []
-    for source in sources:
-        label, data = read_source(source)
-        if data[:2] == b"\x1f\x8b":
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as exc:
-                raise InputError(label, [Problem("", f"not a valid gzip file: {exc}")]) from None
-        doc = parse_json_document(label, data)
-        fmt = detect_format(doc)
-        if fmt not in ("cloudtrail-records", "cloudtrail-eventbridge", "cloudtrail-record"):
-            raise InputError(label, [Problem("", "not CloudTrail: expected a trail file with Records[], an "
-                                                 "'AWS API Call via CloudTrail' event, or one record")])
-        out += records_of(label, doc)
-    return out
+    return read_trail_files(sources)[0]
 
 
-def merge_cloudtrail(incident: Incident, sources: list[str], config: Config) -> Incident:
-    """Add what CloudTrail attributes to the attacker to the incident's seeds (with the events)."""
-    from runner.detect import detect_chain
+def merge_cloudtrail(incident: Incident, records: list[dict[str, Any]]) -> Incident:
+    """Add what CloudTrail attributes to the incident's compromised credentials to its evidence
+    (discovery reads the same records and decides scope from the attribution graph)."""
+    from runner.attribution.graph import attribute
+    from runner.detect import evidence_item, seeds_of
 
-    chain = detect_chain(read_records(sources), config)
-    if chain.incident is None:
-        return incident
-    found = chain.incident
-    if found.account_id != incident.account_id:
-        raise InputError(sources[0], [Problem("recipientAccountId", f"the trail is for account {found.account_id}, "
-                                                                    f"the incident for {incident.account_id}")])
+    accounts = {str(r.get("recipientAccountId")) for r in records if isinstance(r.get("recipientAccountId"), str)}
+    if accounts and incident.account_id not in accounts:
+        raise InputError("--cloudtrail", [Problem("recipientAccountId", f"the trail is for account(s) "
+                                                                        f"{', '.join(sorted(accounts))}, the "
+                                                                        f"incident for {incident.account_id}")])
+    graph = attribute(records, seeds_of(incident))
     doc = incident.to_json()
-    for key in ("principals", "resources"):
-        items = doc.get(key, [])
-        for item in getattr(found, key):
-            j = item.model_dump(mode="json", exclude_none=True)
-            if j not in items and not (j.get("type") == "root" and any(p.get("type") == "root" for p in items)):
-                items.append(j)
-        doc[key] = items
-    ind = doc.setdefault("indicators", {})
-    for key in ("images", "policy_arns"):
-        ind[key] = list(dict.fromkeys([*ind.get(key, []), *getattr(found.indicators, key)]))
-    doc["evidence"] = [*doc.get("evidence", []), *[e.model_dump(mode="json", exclude_none=True)
-                                                   for e in found.evidence]]
-    if found.window_start and (not incident.window_start or
-                               parse_time(found.window_start) < parse_time(incident.window_start)):
-        doc["window_start"] = found.window_start
+    known = {e.get("event_id") for e in doc.get("evidence", []) if e.get("event_id")}
+    added = [evidence_item(e) for e in graph.edges if not e.event_id or e.event_id not in known]
+    doc["evidence"] = [*doc.get("evidence", []), *[{k: v for k, v in e.items() if v is not None} for e in added]][:5000]
     return validate_incident("incident + cloudtrail", doc)

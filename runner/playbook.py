@@ -28,7 +28,9 @@ class Step:
     action: str
     with_: dict[str, Any] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
-    approval: Literal["auto", "required"] = "auto"
+    #: auto; required (a person, --approve STEP, --approve-all or config pre-approval); explicit (only a
+    #: person at the prompt, --approve STEP or `stanch approve --step`: never --approve-all or config)
+    approval: Literal["auto", "required", "explicit"] = "auto"
     on_error: Literal["stop", "continue"] = "stop"
     description: str = ""
 
@@ -52,12 +54,12 @@ class Playbook:
         lines = ["flowchart TD"]
         for s in self.steps:
             label = f"{s.id}<br/><small>{s.action}</small>"
-            shape = f'{{{{"{label}"}}}}' if s.approval == "required" else f'["{label}"]'
+            shape = f'{{{{"{label}"}}}}' if s.approval != "auto" else f'["{label}"]'
             lines.append(f"    {_node(s.id)}{shape}")
         for s in self.steps:
             lines += [f"    {_node(n)} --> {_node(s.id)}" for n in s.needs]
         lines.append("    classDef gated fill:#fff3cd,stroke:#b58900")
-        gated = [_node(s.id) for s in self.steps if s.approval == "required"]
+        gated = [_node(s.id) for s in self.steps if s.approval != "auto"]
         if gated:
             lines.append(f"    class {','.join(gated)} gated")
         return "\n".join(lines) + "\n"
@@ -243,8 +245,8 @@ def _validate_step(
         elif n == sid:
             problems.append(Problem(where, "a step cannot need itself"))
     approval = raw.get("approval", "auto")
-    if approval not in ("auto", "required"):
-        problems.append(Problem(where, f"approval must be 'required' or 'auto', not {approval!r}"))
+    if approval not in ("auto", "required", "explicit"):
+        problems.append(Problem(where, f"approval must be 'auto', 'required' or 'explicit', not {approval!r}"))
     on_error = raw.get("on_error", "stop")
     if on_error not in ("stop", "continue"):
         problems.append(Problem(where, f"on_error must be 'stop' or 'continue', not {on_error!r}"))

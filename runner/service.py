@@ -67,6 +67,7 @@ def start_run(
     incident: Incident, *, playbook_ref: str | None, config_path: str | None, options: RunOptions,
     aws_opts: AwsOptions, state: Path, prompt: Prompt | None = None, stream: TextIO | None = sys.stderr,
     registry: Registry | None = None, session: AwsSession | None = None,
+    trail: tuple[list[dict[str, Any]], list[str]] = ([], []),
 ) -> Outcome:
     registry = registry or builtin_registry()
     config = load_config(config_path)
@@ -83,20 +84,24 @@ def start_run(
     )
     try:
         journal.create_run(record, lock=not options.dry_run)
+        if trail[0]:
+            save_trail(state, run_id, trail)
         return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
-                        prompt, stream, session, resume=False)
+                        prompt, stream, session, resume=False, trail=trail)
     finally:
         journal.close()
 
 
 def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
              journal: SqliteJournal, aws_opts: AwsOptions, options: RunOptions, state: Path, prompt: Prompt | None,
-             stream: TextIO | None, session: AwsSession | None, *, resume: bool) -> Outcome:
+             stream: TextIO | None, session: AwsSession | None, *, resume: bool,
+             trail: tuple[list[dict[str, Any]], list[str]] = ([], [])) -> Outcome:
     log = make_logger(state / "audit.jsonl", stream, run_id=record.run_id, incident_id=incident.id,
                       playbook=playbook.name, dry_run=options.dry_run)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
                     journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
-                    options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id)
+                    options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id,
+                    trail=trail)
     result = engine.execute(resume=resume)
     return Outcome(result, exit_code(result["status"]))
 
@@ -119,9 +124,36 @@ def resume_run(
                           by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
         aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
         return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
-                        stream, session, resume=True)
+                        stream, session, resume=True, trail=load_trail(state, run_id))
     finally:
         journal.close()
+
+
+def _trail_path(state: Path, run_id: str) -> Path:
+    return state / "trails" / f"{run_id}.json.gz"
+
+
+def save_trail(state: Path, run_id: str, trail: tuple[list[dict[str, Any]], list[str]]) -> None:
+    """The CloudTrail records a run was given, kept with the run so a resume attributes the same way."""
+    import gzip
+    import json
+
+    path = _trail_path(state, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(gzip.compress(json.dumps({"sources": trail[1], "Records": trail[0]}).encode()))
+
+
+def load_trail(state: Path, run_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+    import gzip
+    import json
+
+    path = _trail_path(state, run_id)
+    if not path.is_file():
+        return [], []
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    return list(doc.get("Records", [])), list(doc.get("sources", []))
 
 
 def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:

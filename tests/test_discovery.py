@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from actions.scope import DiscoverScope
 from runner.aws import AwsSession
-from runner.drill import ADMIN, account_snapshot, seed
+from runner.drill import ADMIN, account_snapshot, attack_trail, seed
 from runner.engine import RunOptions
 from runner.incident import validate_incident
 from runner.service import AwsOptions, start_run
@@ -37,18 +37,21 @@ def names(items: list[dict[str, Any]], key: str = "name") -> list[str]:
     return sorted(i[key] for i in items)
 
 
-def test_discovery_finds_attacker_by_window_and_image_not_by_name(aws_managed: boto3.Session) -> None:
+def test_discovery_attributes_the_attacker_by_cloudtrail_not_by_name(aws_managed: boto3.Session) -> None:
     seeded = seed(aws_managed, OTHER_NAMES)
     inc = validate_incident("t", seeded_incident(seeded))
-    scope = plan(DiscoverScope(), context(aws_managed, inc), {}).outputs
+    ctx = context(aws_managed, inc)
+    ctx.trail_records = attack_trail(seeded).records
+    scope = plan(DiscoverScope(), ctx, {}).outputs
     assert names(scope["users"]) == ["svc-backup"]
-    assert "inside the incident window" in scope["users"][0]["reason"]
+    assert "created by the attacker (iam:CreateUser drill-0002" in scope["users"][0]["reason"]
     assert scope["users"][0]["login_profile"]["present"] is True
     assert names(scope["groups"]) == ["k8s-ops"]
     assert [k["user"] for k in scope["access_keys"]] == ["svc-backup"]
     assert [(s["cluster"], s["name"]) for s in scope["ecs_services"]] == [("billing", "report-gen")]
     assert "matching miner pattern cpuminer" in scope["ecs_services"][0]["reason"]
     assert len(scope["ecs_tasks"]) == 2 and all("report-gen" in t["reason"] for t in scope["ecs_tasks"])
+    assert scope["suspects"]["users"] == [] and scope["attribution"]["available"] is True
     left = {e["name"]: e["reason"] for e in scope["excluded"]}
     assert "web/frontend" in left and "matches no miner pattern" in left["web/frontend"]
     assert "legitimate holder" in left["platform-admins"]
@@ -56,6 +59,19 @@ def test_discovery_finds_attacker_by_window_and_image_not_by_name(aws_managed: b
     all_named = str(scope["users"] + scope["groups"] + scope["access_keys"] + scope["ecs_services"])
     for decoy in ("alice", "ops-oncall", "platform-admins", "frontend", "breakglass"):
         assert decoy not in all_named
+
+
+def test_without_cloudtrail_window_finds_are_only_suspects(aws_managed: boto3.Session) -> None:
+    seeded = seed(aws_managed, OTHER_NAMES)
+    result = plan(DiscoverScope(), context(aws_managed, validate_incident("t", seeded_incident(seeded))), {})
+    scope = result.outputs
+    assert scope["users"] == [] and scope["groups"] == [] and scope["access_keys"] == []
+    assert names(scope["suspects"]["users"]) == ["svc-backup"] and names(scope["suspects"]["groups"]) == ["k8s-ops"]
+    reason = scope["suspects"]["users"][0]["reason"]
+    assert "no CloudTrail source" in reason and "holds" in reason and "k8s-ops" in reason
+    assert result.notes[0].startswith("NO CLOUDTRAIL SOURCE")
+    # the miner is still found by its image: a workload match is evidence, not a guess
+    assert [s["name"] for s in scope["ecs_services"]] == ["report-gen"]
 
 
 def test_look_alike_images_are_not_miners(aws: boto3.Session) -> None:
@@ -100,10 +116,12 @@ def test_reference_playbook_on_other_names_touches_only_the_attacker(aws_managed
     inc = validate_incident("t", seeded_incident(seeded))
     before = account_snapshot(aws_managed)
 
+    trail = (attack_trail(seeded).records, ["test trail"])
+
     def go() -> dict[str, Any]:
         return start_run(inc, playbook_ref=None, config_path=None,
                          options=RunOptions(approve_all=True, by="test"), aws_opts=AwsOptions(),
-                         state=tmp_path / "state", stream=io.StringIO(),
+                         state=tmp_path / "state", stream=io.StringIO(), trail=trail,
                          session=AwsSession(region="us-east-1", boto_session=aws_managed)).result
 
     result = go()
@@ -150,9 +168,14 @@ def test_discovery_and_evidence_run_with_exactly_their_declared_permissions(aws_
 
     seeded = seed(aws_managed, OTHER_NAMES)
     inc = validate_incident("t", seeded_incident(seeded))
-    expected = plan(DiscoverScope(), context(aws_managed, inc), {}).outputs
+    def ctx_for(session: boto3.Session) -> Any:
+        ctx = context(session, inc)
+        ctx.trail_records = attack_trail(seeded).records
+        return ctx
+
+    expected = plan(DiscoverScope(), ctx_for(aws_managed), {}).outputs
     with enforced_as(aws_managed, DiscoverScope.permissions) as limited:
-        scope = plan(DiscoverScope(), context(limited, inc), {}).outputs
+        scope = plan(DiscoverScope(), ctx_for(limited), {}).outputs
     assert names(scope["users"]) == names(expected["users"]) == ["svc-backup"]
     assert [s["name"] for s in scope["ecs_services"]] == ["report-gen"]
     perms = tuple({*CaptureEvidence.permissions, *RecordPosture.permissions})
