@@ -103,6 +103,33 @@ def _finish(outcome: Any, output: Output) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
+def attribution_lines(scope: dict[str, Any]) -> list[str]:
+    """Escalated identities, precise reversals and suspects, each with its reason, for the text plan."""
+    lines: list[str] = []
+    escalated = scope.get("escalated") or {}
+    items = [(k[:-1], i) for k in ("users", "groups", "roles", "access_keys") for i in escalated.get(k, [])]
+    if items or escalated.get("reversals"):
+        lines.append("Escalated (attributed, but named like a protected principal: gated step contain-escalated):")
+        lines += [f"  {kind:<12} {i.get('label', i.get('name', ''))}  -- {i.get('reason', '')}" for kind, i in items]
+        lines += [f"  undo         {r['op']} {r['kind']} {r['name']}  -- {r.get('proof', '')}"
+                  for r in escalated.get("reversals", [])]
+    if scope.get("reversals"):
+        lines.append("Attacker changes to existing identities (undone precisely; owners keep their own access):")
+        for r in scope["reversals"]:
+            what = r.get("policy_arn") or r.get("policy_name") or r.get("group") or r.get("serial") or ""
+            lines.append(f"  {r['op']:<22} {r['kind']} {r['name']} {what}".rstrip() + f"  -- {r.get('proof', '')}")
+    suspects = scope.get("suspects") or {}
+    items = [(k[:-1], i) for k in ("users", "groups", "roles", "access_keys") for i in suspects.get(k, [])]
+    if items:
+        lines.append("SUSPECTS (only inside the window; contained only with --approve contain-suspects):")
+        lines += [f"  {kind:<12} {i.get('label', i.get('name', ''))}  -- {i.get('reason', '')}" for kind, i in items]
+    attribution = scope.get("attribution") or {}
+    if attribution:
+        sources = ", ".join(attribution.get("sources", [])) or "NONE (no CloudTrail source was available)"
+        lines.append(f"Attribution: {attribution.get('attacker_events', 0)} attacker event(s) from {sources}")
+    return lines
+
+
 def emit(result: dict[str, Any], output: Output) -> None:
     if output is Output.json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -121,6 +148,8 @@ def emit(result: dict[str, Any], output: Output) -> None:
         root = scope.get("root") or {}
         if root.get("access_keys_present"):
             typer.echo(f"  root key     {root.get('access_key_id') or '(id unknown)'}  -- {root.get('reason', '')}")
+        for line in attribution_lines(scope):
+            typer.echo(line)
         if scope.get("excluded"):
             typer.echo("Left alone:")
             for item in scope["excluded"]:
@@ -192,7 +221,7 @@ def run(
     INCIDENT may be a native incident, a GuardDuty finding (EventBridge event, bare, or boto3
     get_findings output), a Security Hub finding (ASFF, or a 'Security Hub Findings' event), or
     CloudTrail records; the format is detected."""
-    from runner.attribution.sources import read_trail_files
+    from runner.attribution.sources import is_cloudtrail_file, read_trail_files
     from runner.config import load_config
     from runner.intake import IntakeOptions, load_any, merge_cloudtrail
     from runner.service import AwsOptions, start_run
@@ -201,7 +230,7 @@ def run(
     cfg = load_config(config)
     inc = load_any(incident, cfg, IntakeOptions(allow_sample=allow_sample, allow_archived=allow_archived))
     trail_files = list(cloudtrail or [])
-    if inc.source is not None and inc.source.format == "cloudtrail" and incident != "-":
+    if is_cloudtrail_file(incident):
         trail_files.insert(0, incident)  # a CloudTrail input is also the run's attribution source
     trail = read_trail_files(trail_files) if trail_files else ([], [])
     if trail[0]:

@@ -15,7 +15,7 @@ import boto3
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.drill import ADMIN, account_snapshot, seed
+from runner.drill import ADMIN, account_snapshot, attack_trail, seed
 from tests.awshelp import service
 from tests.conftest import write_json
 
@@ -104,7 +104,9 @@ def contained_via(tmp_path: Path, make: Callable[[dict[str, Any]], dict[str, Any
     with account() as session:
         seeded = seed(session, NAMES)
         before = state(session)
-        result = run_cli(tmp_path, make(seeded))
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        trail_path = write_json(tmp_path / "trail.json", attack_trail(seeded).document())
+        result = run_cli(tmp_path, make(seeded), "--cloudtrail", str(trail_path))
         return before, state(session), result
 
 

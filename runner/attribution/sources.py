@@ -71,6 +71,23 @@ def read_trail_files(paths: list[str]) -> tuple[list[dict[str, Any]], list[str]]
     return out, labels
 
 
+def is_cloudtrail_file(source: str) -> bool:
+    """True when `source` is a readable CloudTrail document (stdin is never re-read)."""
+    from runner.incident import parse_json_document, read_source
+    from runner.intake import detect_format
+
+    if source == "-":
+        return False
+    try:
+        label, data = read_source(source)
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        doc = parse_json_document(label, data)
+    except (InputError, OSError, EOFError):
+        return False
+    return detect_format(doc) in ("cloudtrail-records", "cloudtrail-eventbridge", "cloudtrail-record")
+
+
 class _RateLimit:
     """At most `per_second` calls per key (region), across threads."""
 
