@@ -66,7 +66,7 @@ def test_structural_problems_all_reported() -> None:
     text = "\n".join(found)
     assert "unknown key; did you mean 'name'?" in text
     assert "needs unknown step 'zz'" in text
-    assert "approval must be 'required' or 'auto'" in text
+    assert "approval must be 'auto', 'required' or 'explicit'" in text
     assert "unknown key 'on_eror'; did you mean 'on_error'?" in text
     assert "step id 'a' is used more than once" in text
 
