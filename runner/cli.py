@@ -185,6 +185,10 @@ def run(
                                                "findings (refused by default)")] = False,
     allow_archived: Annotated[bool, typer.Option("--allow-archived", help="Act on archived or suppressed "
                                                  "findings (refused by default)")] = False,
+    window_start: Annotated[str | None, typer.Option("--window-start", metavar="TIME", help="Start of the "
+                                                     "incident window (RFC 3339), replacing the incident's; "
+                                                     "needed when it starts more than [discovery] "
+                                                     "max_window_days before detection")] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled.
@@ -193,7 +197,7 @@ def run(
     get_findings output), a Security Hub finding (ASFF, or a 'Security Hub Findings' event), or
     CloudTrail records; the format is detected."""
     from runner.config import load_config
-    from runner.intake import IntakeOptions, load_any, merge_cloudtrail
+    from runner.intake import IntakeOptions, load_any, merge_cloudtrail, settle_window
     from runner.service import AwsOptions, start_run
     from runner.service import state_dir as resolve_state
 
@@ -201,6 +205,11 @@ def run(
     inc = load_any(incident, cfg, IntakeOptions(allow_sample=allow_sample, allow_archived=allow_archived))
     if cloudtrail:
         inc = merge_cloudtrail(inc, cloudtrail, cfg)
+    settled = settle_window(inc, cfg, window_start)
+    if settled.window_start != inc.window_start:
+        err(f"stanch: incident window starts at {settled.window_start} (--window-start; the incident said "
+            f"{inc.window_start or 'nothing'})")
+    inc = settled
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
                          by=by or default_approver(), reason=reason, max_changes=max_changes)
     outcome = start_run(
