@@ -205,7 +205,7 @@ def settle_window(incident: Incident, config: Config, window_start: str | None =
             f"the incident window starts {days:.1f} days before detection ({incident.window_start} to "
             f"{incident.detected_at}), more than [discovery] max_window_days = {limit:g} ({config.source}). "
             "Everything created in that time would be a suspect. Pass --window-start TIME (RFC 3339, e.g. "
-            f"{incident.detected_at}) with the earliest activity you have evidence for, or raise max_window_days "
+            "2026-11-20T09:58:00Z) with the earliest activity you have evidence for, or raise max_window_days "
             "in the config"))])
     return incident
 
