@@ -187,8 +187,8 @@ def run(
                                                  "findings (refused by default)")] = False,
     window_start: Annotated[str | None, typer.Option("--window-start", metavar="TIME", help="Start of the "
                                                      "incident window (RFC 3339), replacing the incident's; "
-                                                     "needed when it starts more than [discovery] "
-                                                     "max_window_days before detection")] = None,
+                                                     "needed when it starts more than the config's "
+                                                     "discovery.max_window_days before detection")] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled.

@@ -243,8 +243,8 @@ def envelope_problems(event: dict[str, Any], findings: list[tuple[str, Any]]) ->
         if isinstance(theirs, str) and _ACCOUNT.match(theirs) and theirs != account:
             problems.append(Problem("account", f"the event is from account {account}, but "
                                                f"{json_path(where, 'accountId')} is {theirs}; refusing a finding that "
-                                               "names two accounts (if the event was forwarded, pass its `detail` "
-                                               "alone)"))
+                                               "names two accounts (if a GuardDuty administrator account forwarded it, "
+                                               "check the finding and pass its `detail` alone)"))
     return problems
 
 
