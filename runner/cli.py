@@ -214,6 +214,10 @@ def run(
                                                "findings (refused by default)")] = False,
     allow_archived: Annotated[bool, typer.Option("--allow-archived", help="Act on archived or suppressed "
                                                  "findings (refused by default)")] = False,
+    window_start: Annotated[str | None, typer.Option("--window-start", metavar="TIME", help="Start of the "
+                                                     "incident window (RFC 3339), replacing the incident's; "
+                                                     "needed when it starts more than the config's "
+                                                     "discovery.max_window_days before detection")] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled.
@@ -223,7 +227,7 @@ def run(
     CloudTrail records; the format is detected."""
     from runner.attribution.sources import is_cloudtrail_file, read_trail_files
     from runner.config import load_config
-    from runner.intake import IntakeOptions, load_any, merge_cloudtrail
+    from runner.intake import IntakeOptions, load_any, merge_cloudtrail, settle_window
     from runner.service import AwsOptions, start_run
     from runner.service import state_dir as resolve_state
 
@@ -235,6 +239,11 @@ def run(
     trail = read_trail_files(trail_files) if trail_files else ([], [])
     if trail[0]:
         inc = merge_cloudtrail(inc, trail[0])
+    settled = settle_window(inc, cfg, window_start)
+    if settled.window_start != inc.window_start:
+        err(f"stanch: incident window starts at {settled.window_start} (--window-start; the incident said "
+            f"{inc.window_start or 'nothing'})")
+    inc = settled
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
                          by=by or default_approver(), reason=reason, max_changes=max_changes)
     outcome = start_run(

@@ -48,6 +48,9 @@ class DiscoverySection(_Section):
     admin_policy_arns: list[str] = Field(
         default_factory=lambda: ["arn:aws:iam::aws:policy/AdministratorAccess"]
     )
+    #: an incident window starting more than this many days before detection is refused (exit 2)
+    #: unless `stanch run --window-start TIME` sets the window explicitly
+    max_window_days: float = Field(7, gt=0)
 
 
 class IntakeSection(_Section):

@@ -1,8 +1,9 @@
 """Detector intake: whatever form a detection arrives in (native incident, GuardDuty finding,
 Security Hub ASFF finding, CloudTrail records), it becomes the same validated incident.
 
-Every parser reports malformed input as InputError with the path of the problem; nothing here
-talks to AWS.
+A finding is checked against its schema (runner/findings.py) before any of it is used, and its
+window against `[discovery] max_window_days` (`settle_window`). Every parser reports malformed
+input as InputError with the path of the problem; nothing here talks to AWS.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ import gzip
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from runner.config import Config
 from runner.errors import InputError, Problem
+from runner.findings import (
+    asff_problems,
+    envelope_problems,
+    guardduty_finding_id,
+    guardduty_problems,
+    json_path,
+    timestamp_text,
+)
 from runner.incident import (
     Incident,
     parse_json_document,
@@ -37,20 +46,21 @@ class IntakeOptions:
 
 
 class Doc:
-    """Typed, path-tracking access to untrusted JSON. Wrong types read as missing."""
+    """Typed, path-tracking access to untrusted JSON. Wrong types read as missing. `pascal` names
+    paths as boto3 does (the value itself has been converted to camelCase)."""
 
-    def __init__(self, label: str, value: Any, path: str = "") -> None:
-        self.label, self.value, self.path = label, value, path
+    def __init__(self, label: str, value: Any, path: str = "", pascal: bool = False) -> None:
+        self.label, self.value, self.path, self.pascal = label, value, path, pascal
 
     def at(self, *keys: str | int) -> Doc:
         cur, path = self.value, self.path
         for key in keys:
-            path = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+            path = json_path(path, key, pascal=self.pascal)
             if isinstance(key, int):
                 cur = cur[key] if isinstance(cur, list) and -len(cur) <= key < len(cur) else None
             else:
                 cur = cur.get(key) if isinstance(cur, dict) else None
-        return Doc(self.label, cur, path)
+        return Doc(self.label, cur, path, self.pascal)
 
     def string(self) -> str:
         return self.value if isinstance(self.value, str) else ""
@@ -65,7 +75,7 @@ class Doc:
         return self.value
 
     def list(self) -> list[Doc]:
-        return [Doc(self.label, v, f"{self.path}[{i}]") for i, v in enumerate(self.value)] \
+        return [Doc(self.label, v, f"{self.path}[{i}]", self.pascal) for i, v in enumerate(self.value)] \
             if isinstance(self.value, list) else []
 
     def dict(self) -> dict[str, Any]:
@@ -76,6 +86,16 @@ class Doc:
 
 
 # ------------------------------------------------------------------ format detection
+# Enough of a finding's own keys to know what it is meant to be, so that one missing required
+# field is reported by name instead of as an unrecognised document.
+_GUARDDUTY_KEYS = {"schemaVersion", "accountId", "region", "partition", "arn", "type", "resource", "service"}
+_GUARDDUTY_PASCAL_KEYS = {k[:1].upper() + k[1:] for k in _GUARDDUTY_KEYS}
+_ASFF_KEYS = {"ProductArn", "AwsAccountId", "GeneratorId", "Types", "Resources", "ProductFields"}
+
+
+def _looks_like(doc: dict[str, Any], keys: set[str]) -> bool:
+    return len(keys & set(doc)) >= 3
+
 
 def detect_format(doc: Any) -> str:
     if not isinstance(doc, dict):
@@ -96,12 +116,12 @@ def detect_format(doc: Any) -> str:
         return "cloudtrail-record"
     if isinstance(doc.get("Findings"), list) and doc["Findings"] and isinstance(doc["Findings"][0], dict):
         first = doc["Findings"][0]
-        return "asff-list" if "ProductArn" in first else "guardduty-boto3"
-    if "ProductArn" in doc and "AwsAccountId" in doc:
+        return "asff-list" if "ProductArn" in first or _looks_like(first, _ASFF_KEYS) else "guardduty-boto3"
+    if ("ProductArn" in doc and "AwsAccountId" in doc) or _looks_like(doc, _ASFF_KEYS):
         return "asff"
-    if "type" in doc and "resource" in doc and "accountId" in doc:
+    if ("type" in doc and "resource" in doc and "accountId" in doc) or _looks_like(doc, _GUARDDUTY_KEYS):
         return "guardduty"
-    if "Type" in doc and "Resource" in doc and "AccountId" in doc:
+    if ("Type" in doc and "Resource" in doc and "AccountId" in doc) or _looks_like(doc, _GUARDDUTY_PASCAL_KEYS):
         return "guardduty-boto3"
     return "unknown"
 
@@ -123,13 +143,18 @@ def to_incident(label: str, doc: Any, config: Config, options: IntakeOptions = I
     if fmt == "native":
         return validate_incident(label, doc)
     if fmt == "guardduty-eventbridge":
-        return guardduty_incident(label, [Doc(label, doc).at("detail")], config, options)
+        detail = Doc(label, doc).at("detail")
+        if problems := envelope_problems(doc, [(detail.path, detail.value)]):
+            raise InputError(label, problems + guardduty_problems(detail.value, detail.path))
+        return guardduty_incident(label, [detail], config, options)
     if fmt == "guardduty":
         return guardduty_incident(label, [Doc(label, doc)], config, options)
     if fmt == "guardduty-boto3":
-        findings = doc.get("Findings", [doc])
-        return guardduty_incident(label, [Doc(label, camel(f), f"Findings[{i}]") for i, f in enumerate(findings)],
-                                  config, options)
+        if "Findings" in doc:
+            findings = [Doc(label, camel(f), f"Findings[{i}]", pascal=True) for i, f in enumerate(doc["Findings"])]
+        else:
+            findings = [Doc(label, camel(doc), pascal=True)]
+        return guardduty_incident(label, findings, config, options)
     if fmt == "securityhub-eventbridge":
         return asff_incident(label, Doc(label, doc).at("detail", "findings").list(), config, options)
     if fmt == "asff-list":
@@ -152,6 +177,40 @@ def to_incident(label: str, doc: Any, config: Config, options: IntakeOptions = I
                                          "event), or CloudTrail records (Records[] or 'AWS API Call via CloudTrail')")])
 
 
+# ------------------------------------------------------------------ the incident window
+
+def settle_window(incident: Incident, config: Config, window_start: str | None = None) -> Incident:
+    """The window a run acts on. `window_start` (the `--window-start` option, RFC 3339) is the
+    responder's own choice and replaces the incident's, wider or narrower. Otherwise a window that
+    starts more than `[discovery] max_window_days` before detection is refused: everything created
+    since would become a suspect, and a detector's first-seen time alone is not enough for that."""
+    detected = parse_time(incident.detected_at)
+    if window_start is not None:
+        try:
+            start = parse_time(window_start)
+        except ValueError as exc:
+            raise InputError("--window-start", [Problem("--window-start", str(exc))]) from None
+        if start > detected:
+            raise InputError("--window-start", [Problem("--window-start", f"{window_start} is after the incident was "
+                                                                          f"detected ({incident.detected_at})")])
+        doc = incident.to_json()
+        doc["window_start"] = window_start
+        return validate_incident("incident with --window-start", doc)
+    if incident.window_start is None:
+        return incident
+    span = detected - parse_time(incident.window_start)
+    limit = config.discovery.max_window_days
+    if span > timedelta(days=limit):
+        days = span / timedelta(days=1)
+        raise InputError("incident", [Problem("window_start", (
+            f"the incident window starts {days:.1f} days before detection ({incident.window_start} to "
+            f"{incident.detected_at}), more than [discovery] max_window_days = {limit:g} ({config.source}). "
+            "Everything created in that time would be a suspect. Pass --window-start TIME (RFC 3339, e.g. "
+            "2026-11-20T09:58:00Z) with the earliest activity you have evidence for, or raise max_window_days "
+            "in the config"))])
+    return incident
+
+
 # ------------------------------------------------------------------ shared helpers
 
 _PASCAL_RENAMES = {"TaskCreatedAt": "createdAt"}
@@ -169,27 +228,12 @@ def camel(value: Any) -> Any:
 
 def rfc3339(label: str, doc: Doc) -> str | None:
     """A timestamp in RFC 3339 with a zone, from ISO strings, boto3 datetimes or epoch milliseconds."""
-    v = doc.value
-    if v is None:
+    if doc.value is None:
         return None
-    if isinstance(v, datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        secs = v / 1000 if v > 10**11 else v
-        try:
-            return datetime.fromtimestamp(secs, UTC).isoformat().replace("+00:00", "Z")
-        except (OverflowError, OSError, ValueError):
-            raise InputError(label, [Problem(doc.path, f"timestamp {v!r} is out of range")]) from None
-    if isinstance(v, str):
-        text = v.strip().replace(" ", "T", 1)
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?", text):
-            text += "Z"
-        try:
-            parse_time(text)
-        except ValueError:
-            raise InputError(label, [Problem(doc.path, f"{v!r} is not a timestamp")]) from None
-        return text
-    raise InputError(label, [Problem(doc.path, f"timestamp has the wrong type ({type(v).__name__})")])
+    try:
+        return timestamp_text(doc.value)
+    except ValueError as exc:
+        raise InputError(label, [Problem(doc.path, str(exc))]) from None
 
 
 def severity_from_score(score: Any) -> str | None:
@@ -289,10 +333,10 @@ class _Findings(_Builder):
 def guardduty_incident(label: str, findings: list[Doc], config: Config, options: IntakeOptions) -> Incident:
     if not findings:
         raise InputError(label, [Problem("", "no findings in the document")])
+    if problems := [p for f in findings for p in guardduty_problems(f.value, f.path, pascal=f.pascal)]:
+        raise InputError(label, problems)
     b = _Findings()
     for f in findings:
-        if not isinstance(f.value, dict):
-            raise InputError(label, [Problem(f.path, "a finding must be a JSON object")])
         ftype = f.at("type").need_str()
         b.types.append(ftype)
         if f.at("service", "additionalInfo", "sample").truthy() and not options.allow_sample:
@@ -304,8 +348,7 @@ def guardduty_incident(label: str, findings: list[Doc], config: Config, options:
                                              "the finding is archived; pass --allow-archived to act on it")])
         b.accounts.add(f.at("accountId").need_str())
         b.regions.add(f.at("region").need_str())
-        seen = rfc3339(label, f.at("service", "eventFirstSeen")) or rfc3339(label, f.at("createdAt"))
-        if seen:
+        if seen := rfc3339(label, f.at("service", "eventFirstSeen")):
             b.first_seen.append(seen)
         upd = rfc3339(label, f.at("updatedAt")) or rfc3339(label, f.at("createdAt"))
         if upd:
@@ -355,10 +398,10 @@ def guardduty_type_from_asff(types: list[str]) -> str | None:
 def asff_incident(label: str, findings: list[Doc], config: Config, options: IntakeOptions) -> Incident:
     if not findings:
         raise InputError(label, [Problem("detail.findings", "no findings in the event")])
+    if problems := [p for f in findings for p in asff_problems(f.value, f.path)]:
+        raise InputError(label, problems)
     b = _Findings()
     for f in findings:
-        if not isinstance(f.value, dict):
-            raise InputError(label, [Problem(f.path, "a finding must be a JSON object")])
         product = f.at("ProductArn").need_str()
         pf = f.at("ProductFields").dict()
         raw_types = [t.value for t in f.at("Types").list() if isinstance(t.value, str)]
@@ -398,8 +441,11 @@ def asff_incident(label: str, findings: list[Doc], config: Config, options: Inta
         for r in f.at("Resources").list():
             _asff_resource(r, b)
     first = findings[0]
-    return b.incident(label, prefix="SH", raw_id=first.at("Id").string().rsplit("/", 1)[-1],
-                      title=first.at("Title").text(), fmt="securityhub", source_id=first.at("Id").text(), config=config)
+    # a GuardDuty finding's Security Hub copy is the same incident as the finding itself
+    guardduty_id = guardduty_finding_id(first.dict())
+    prefix, raw_id = ("GD", guardduty_id) if guardduty_id else ("SH", first.at("Id").string().rsplit("/", 1)[-1])
+    return b.incident(label, prefix=prefix, raw_id=raw_id, title=first.at("Title").text(), fmt="securityhub",
+                      source_id=first.at("Id").text(), config=config)
 
 
 def _asff_resource(r: Doc, b: _Builder) -> None:
