@@ -19,7 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.drill import seed
+from runner.drill import attack_trail, seed
 from runner.incident import parse_time
 from tests.conftest import write_json
 from tests.test_intake_e2e import NAMES, account, guardduty_finding, security_hub_event, state
@@ -178,7 +178,8 @@ def test_window_beyond_max_window_days_needs_window_start(
     result = json.loads(planned.stdout)
     assert result["scope"]["window_start"] == start
     assert "--window-start" in planned.output  # the override is said out loud on stderr
-    users = {u["name"] for u in result["scope"]["users"]}
+    # no CloudTrail here: the window points at the attacker's user, as a suspect
+    users = {u["name"] for u in result["scope"]["suspects"]["users"]}
     assert OTHER_NAMES["user"] in users and not users & {"alice", "ops-oncall", "breakglass-admin"}
     # or the limit is raised in the config
     config = tmp_path / "stanch.toml"
@@ -200,8 +201,9 @@ def test_guardduty_event_and_its_security_hub_copy_are_one_incident(
         seeded: tuple[boto3.Session, dict[str, Any]], tmp_path: Path) -> None:
     session, attack = seeded
     event = gd_event(attack)
+    trail = str(write_json(tmp_path / "trail.json", attack_trail(attack).document()))
     # the GuardDuty path starts first; with no terminal and no pre-approval it pauses on the gated steps
-    first = run(tmp_path, event, name="gd.json")
+    first = run(tmp_path, event, "--cloudtrail", trail, name="gd.json")
     assert first.exit_code == 3, first.output
     paused = json.loads(first.stdout)
     assert paused["status"] == "awaiting_approval" and paused["incident_id"] == f"GD-{FINDING_ID}"
@@ -223,7 +225,7 @@ def test_guardduty_event_and_its_security_hub_copy_are_one_incident(
     resumed = stanch(tmp_path, "resume", paused["run_id"], "--approve-all", "--by", "test", "--output", "json")
     assert resumed.exit_code == 0, resumed.output
     contained = state(session)
-    fourth = run(tmp_path, security_hub_event(event), "--approve-all", name="sh.json")
+    fourth = run(tmp_path, security_hub_event(event), "--approve-all", "--cloudtrail", trail, name="sh.json")
     assert fourth.exit_code == 0, fourth.output
     copy_run = json.loads(fourth.stdout)
     assert copy_run["incident_id"] == paused["incident_id"] and copy_run["status"] == "contained"
