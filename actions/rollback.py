@@ -29,6 +29,8 @@ NOT_REVERSIBLE = {
 class RevertParams(Params):
     run_id: str
     changes: list[dict[str, Any]]
+    #: protected-looking principals the original run was allowed to change (through a gated step)
+    protected_lookalikes: list[str] = []
 
 
 def inverse(c: dict[str, Any]) -> Change | str | None:
@@ -46,6 +48,11 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
         doc = prev["PolicyDocument"]
         return Change(op, target, {**p, "PolicyDocument": doc if isinstance(doc, str) else json.dumps(doc)},
                       previous={"PolicyDocument": "quarantine"}, reason=f"{why}: restore the earlier inline policy")
+    if op in ("iam:DeleteUserPolicy", "iam:DeleteGroupPolicy", "iam:DeleteRolePolicy") and prev.get("PolicyDocument"):
+        doc = prev["PolicyDocument"]
+        return Change(op.replace("Delete", "Put"), target,
+                      {**p, "PolicyDocument": doc if isinstance(doc, str) else json.dumps(doc)},
+                      previous={"PolicyDocument": None}, reason=f"{why}: put inline policy {p['PolicyName']} back")
     if op == "iam:RemoveUserFromGroup":
         return Change("iam:AddUserToGroup", target, dict(p), previous={"MemberOf": None},
                       reason=f"{why}: {p['UserName']} back into {p['GroupName']}")
@@ -71,6 +78,7 @@ class RevertChanges(Action[RevertParams]):
     params_model = RevertParams
     permissions = ("iam:ListAccessKeys", "iam:UpdateAccessKey", "iam:GetUserPolicy", "iam:DeleteUserPolicy",
                    "iam:PutUserPolicy", "iam:GetRolePolicy", "iam:DeleteRolePolicy", "iam:PutRolePolicy",
+                   "iam:GetGroupPolicy", "iam:PutGroupPolicy",
                    "iam:ListGroupsForUser", "iam:AddUserToGroup", "iam:ListAttachedUserPolicies",
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
@@ -88,7 +96,7 @@ class RevertChanges(Action[RevertParams]):
                 manual.append(inv)
             elif inv is not None and not self._already(ctx, inv):
                 changes.append(inv)
-        return Plan(changes=changes, manual=manual,
+        return Plan(changes=changes, manual=manual, outputs={"protected_lookalikes": params.protected_lookalikes},
                     notes=[f"reverting {len(params.changes)} change(s) of run {params.run_id}"])
 
     def _already(self, ctx: ActionContext, c: Change) -> bool:
@@ -105,6 +113,20 @@ class RevertChanges(Action[RevertParams]):
                 else:
                     iam.get_role_policy(RoleName=p["RoleName"], PolicyName=p["PolicyName"])
                 return False
+            if c.operation in ("iam:PutUserPolicy", "iam:PutGroupPolicy", "iam:PutRolePolicy"):
+                kind = c.operation.removeprefix("iam:Put").removesuffix("Policy")
+                key = f"{kind}Name"
+                try:
+                    current = getattr(iam, f"get_{kind.lower()}_policy")(**{key: p[key],
+                                                                            "PolicyName": p["PolicyName"]})
+                except ClientError as exc:
+                    if is_code(exc, "NoSuchEntity"):
+                        return False  # not there yet: put it back (a deleted principal fails the put, tolerated)
+                    raise
+                wanted = p["PolicyDocument"]
+                doc = current["PolicyDocument"]
+                return bool((json.loads(doc) if isinstance(doc, str) else doc) ==
+                            (json.loads(wanted) if isinstance(wanted, str) else wanted))
             if c.operation == "iam:AddUserToGroup":
                 groups = paginate(iam, "list_groups_for_user", "Groups", UserName=p["UserName"])
                 return any(g["GroupName"] == p["GroupName"] for g in groups)

@@ -318,7 +318,10 @@ class Engine:
         made that path (then the step is gated, with the reason)."""
         cap = self.options.max_changes or self.config.runner.max_changes_per_step
         scope = self._scope()
-        lookalikes = set(scope.get("protected_lookalikes") or [])
+        # protected-looking principals that gated steps may change, as discovery (or a rollback of a run
+        # that changed them) publishes them
+        lookalikes = {arn for st in self.states.values() if st.plan is not None
+                      for arn in st.plan.outputs.get("protected_lookalikes") or []}
         for step in steps:
             plan = self.states[step.id].plan
             assert plan is not None

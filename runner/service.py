@@ -207,7 +207,8 @@ def rollback_run(
     path.write_text(yaml.safe_dump({
         "version": 1, "name": "rollback", "description": f"Undo the changes run {run_id} applied",
         "steps": [{"id": "revert", "action": "rollback.revert", "approval": "required",
-                   "with": {"run_id": run_id, "changes": applied}}],
+                   "with": {"run_id": run_id, "changes": applied, "protected_lookalikes":
+                            ((record.result or {}).get("scope") or {}).get("protected_lookalikes", [])}}],
     }, sort_keys=False))
     incident = validate_incident(f"run {run_id} incident", record.incident)
     return start_run(incident, playbook_ref=str(path), config_path=record.options.get("config"), options=options,

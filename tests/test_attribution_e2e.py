@@ -104,6 +104,11 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
         deploy_policies = iam.list_role_policies(RoleName="deploy")["PolicyNames"]
         services = {s["serviceName"]: s["desiredCount"] for s in session.client("ecs").describe_services(
             cluster="batch", services=["worker"])["services"]}
+        # a false positive after all: rollback puts back exactly what the precise reversals recorded
+        back = CliRunner().invoke(app, ["rollback", doc["run_id"], "--approve-all", "--by", "test", "--output", "json",
+                                        "--state-dir", str(tmp_path / "state")])
+        restored = account_snapshot(session)["users"]["ops-oncall"]
+        deploy_after_rollback = iam.list_role_policies(RoleName="deploy")["PolicyNames"]
     assert code == 0 and doc["status"] == "contained", json.dumps(doc["steps"], indent=1)[:3000]
     users = after["users"]
     # the attacker's own identities, whatever their names
@@ -136,6 +141,10 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
     left = {e["name"]: e["reason"] for e in doc["scope"]["excluded"]}
     assert "role:ci-deployer" in left["ci-bot-7"] and "alice" in left["analytics"]
     assert doc["scope"]["suspects"]["users"] == []
+    assert back.exit_code in (0, 5), back.output
+    assert restored["inline"] == ["maintenance"] and restored["attached"] == [ADMIN]
+    assert restored["keys"] == {built["own_key"]: "Active", built["minted"]: "Active"}
+    assert deploy_after_rollback == []
     # every in-scope item says which event proves it
     assert all("drill-" in u["reason"] for u in doc["scope"]["users"])
 

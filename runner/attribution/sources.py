@@ -157,7 +157,9 @@ class TrailReader:
             return []
         limiter = _RateLimit(self.lookup_tps)
         out: list[dict[str, Any]] = []
-        for region in self.regions:
+        # IAM and STS are global: their events are logged in us-east-1, whichever regions are searched
+        regions = list(dict.fromkeys([*self.regions, "us-east-1"]))
+        for region in regions:
             if region in self._dead_regions:
                 continue
             ct = self.client("cloudtrail", region)
