@@ -294,7 +294,7 @@ def attribute(records: list[dict[str, Any]], seeds: Seeds, *, sources: list[str]
                 continue
             seen.add(key)
         timed.append((when, r))
-    timed.sort(key=lambda pair: pair[0])
+    timed.sort(key=lambda pair: (pair[0], str(pair[1].get("eventID") or "")))  # same second: a stable order
     out.records = len(timed)
     start = seeds.window_start - timedelta(seconds=1) if seeds.window_start else None
     in_window = [r for when, r in timed if start is None or when >= start]
@@ -312,7 +312,7 @@ def attribute(records: list[dict[str, Any]], seeds: Seeds, *, sources: list[str]
             grew = closure.follow(r) or grew
     # a second pass may have added records out of time order
     order = {id(r): i for i, r in enumerate(in_window)}
-    out.edges.sort(key=lambda e: e.time)
+    out.edges.sort(key=lambda e: (e.time, e.event_id or ""))
     out.events.sort(key=lambda r: (str(r.get("eventTime")), order.get(id(r), 0)))
     return out
 
