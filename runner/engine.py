@@ -1,18 +1,20 @@
 """The run engine: plan, guard, gate, apply, journal and verify the steps of a playbook.
 
-Steps are data. The engine works in waves: every step whose needs are met is planned
-(concurrently), checked against the guardrails, gated on approval, then applied
-(concurrently, each change journaled before and after). When no step can move any more
-the run either pauses for approval, or is verified by re-planning every step.
+Steps are data. Each step moves on its own as soon as it can: when its needs are done it is
+planned, checked against the guardrails, gated on approval and applied (its changes
+concurrently, each journaled before and after), while independent steps do the same beside it.
+A failed step stops only its dependants. When no step can move any more the run either pauses for
+approval, or is verified by re-planning every step.
 """
 
 from __future__ import annotations
 
 import getpass
 import secrets
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +126,9 @@ class Engine:
         self.actions: dict[str, Action[Any]] = {s.id: self._action(s) for s in playbook.steps}
         self.lifecycle = RunLifecycle(run.status, self._status_changed)
         self._stop_scheduling = False
+        self._inflight: set[str] = set()
+        #: held for lifecycle transitions, guardrail checks and prompts, which steps reach from threads
+        self._lock = threading.RLock()
         self._forced_gates: set[str] = set()
         self._refusal: str | None = None
         self._resumed = False
@@ -199,7 +204,7 @@ class Engine:
                                  f"{self.incident.account_id}. Nothing was read or changed.")
                 self.log.info("run.refused", outcome="refused", error=self._refusal)
             else:
-                self._waves(ctx, steps_pool)
+                self._conduct(ctx, steps_pool)
             self._settle(ctx, steps_pool)
         return self.result()
 
@@ -207,40 +212,59 @@ class Engine:
         return self.config.is_protected(name, arn) or arn == self.identity_arn
 
     def _ready(self) -> list[Step]:
+        """Pending steps whose needs are done. A step whose need failed is skipped, unless that need
+        says `on_error: continue` (it must run first, but its dependants do not need it to succeed:
+        evidence capture before compute containment, for example)."""
         ready = []
         ok = ("planned", *DONE) if self.options.dry_run else DONE
         for step in self.playbook.steps:
             state = self.states[step.id]
-            if state.status != "pending":
+            if state.status != "pending" or step.id in self._inflight:
                 continue
-            needs = [self.states[n].status for n in step.needs]
-            if any(s in ("failed", "skipped", "refused") for s in needs):
-                state.status, state.error = "skipped", "a step it needs did not complete"
+            blocked = [n for n in step.needs if self.states[n].status in ("failed", "skipped", "refused")
+                       and self.playbook.step(n).on_error != "continue"]
+            if blocked:
+                state.status, state.error = "skipped", f"a step it needs did not complete: {', '.join(blocked)}"
                 self._save(step, state)
                 self._event("step.skipped", step, error=state.error)
-            elif all(s in ok for s in needs):
+            elif all(self.states[n].status in (*ok, "failed", "skipped", "refused") for n in step.needs):
                 ready.append(step)
         return ready
 
-    def _waves(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
-        while not self._stop_scheduling:
-            ready = self._ready()
-            if not ready:
+    def _conduct(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
+        """A step moves as soon as it can: it plans when its needs are done and applies when its own
+        plan is ready and its gate is open, never waiting for a wave of other steps. A failed step
+        stops only its dependants; a guardrail refusal stops scheduling anything new."""
+        inflight: dict[Future[None], str] = {}
+        while True:
+            if not self._stop_scheduling:
+                for step in self._ready():
+                    self._inflight.add(step.id)
+                    with self._lock:
+                        if self.lifecycle.state not in ("planning", "applying"):
+                            self.lifecycle.fire("plan")
+                    inflight[pool.submit(self._run_step, ctx, step)] = step.id
+            if not inflight:
                 return
-            self.lifecycle.fire("plan")
-            list(pool.map(lambda s: self._plan_step(ctx, s), ready))
-            if self.options.dry_run:
-                continue
-            refusal = self._guard([s for s in ready if self.states[s.id].status == "planned"])
-            if refusal:
-                self._refusal = refusal
-                return
-            approved = [s for s in ready if self.states[s.id].status == "planned" and self._gate(s)]
-            if approved:
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._inflight.discard(inflight.pop(future))
+                future.result()  # a bug in the engine propagates; AWS errors are step failures already
+
+    def _run_step(self, ctx: ActionContext, step: Step) -> None:
+        self._plan_step(ctx, step)
+        if self.options.dry_run or self.states[step.id].status != "planned":
+            return
+        with self._lock:
+            refusal = self._guard([step])
+        if refusal:
+            self._refusal = refusal
+            self._stop_scheduling = True
+            return
+        if self._gate(step):
+            with self._lock:
                 self.lifecycle.fire("apply")
-                list(pool.map(lambda s: self._apply_step(ctx, s), approved))
-            if any(self.states[s.id].status == "failed" and s.on_error == "stop" for s in ready):
-                self._stop_scheduling = True
+            self._apply_step(ctx, step)
 
     # ------------------------------------------------------------------ steps
     def _plan_step(self, ctx: ActionContext, step: Step) -> None:
@@ -381,7 +405,9 @@ class Engine:
             self.record_approval(step, state.plan, self.options.by if "config" not in pre else "config",
                                  self.options.reason or pre)
             return True
-        if self.prompt is not None and self.prompt(step, state.plan):
+        with self._lock:  # one question at a time on the terminal
+            asked = self.prompt is not None and self.prompt(step, state.plan)
+        if asked:
             self.record_approval(step, state.plan, self.options.by, self.options.reason or "approved at the terminal")
             return True
         state.status = "awaiting_approval"
@@ -463,7 +489,7 @@ class Engine:
                 state = self.states[step.id]
                 if state.status == "pending":
                     state.status = "skipped"
-                    state.error = "not started: the run stopped after a step failed (on_error: stop)"
+                    state.error = "not started: a guardrail refused the run"
                     self._save(step, state)
                     self._event("step.skipped", step, error=state.error)
             done = [s for s in self.playbook.steps if self.states[s.id].status in DONE

@@ -19,6 +19,9 @@ class World:
     applied: list[str] = field(default_factory=list)
     barrier: threading.Barrier | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set by the first applied change; a SlowPlan step waits for it while planning
+    applied_event: threading.Event = field(default_factory=threading.Event)
+    slow_plan_saw_apply: bool | None = None
 
 
 WORLD = World()
@@ -85,6 +88,7 @@ class SetValues(Action[SetParams]):
                 return "already_done"
             WORLD.values[change.params["key"]] = change.params["value"]
             WORLD.applied.append(change.params["key"])
+        WORLD.applied_event.set()
         return "applied"
 
 
@@ -107,6 +111,28 @@ class Broken(SetValues):
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "Set")
 
 
+class SlowPlan(SetValues):
+    """Plans only after some other step has applied a change (or gives up after 10 s): proves a
+    step applies without waiting for the planning of steps beside it."""
+
+    name = "fake.slow-plan"
+
+    def plan(self, ctx: ActionContext, params: SetParams) -> Plan:
+        WORLD.slow_plan_saw_apply = WORLD.applied_event.wait(timeout=10)
+        return super().plan(ctx, params)
+
+
+class BrokenPlan(SetValues):
+    """Fails while planning (an evidence read that exhausted its retries, say)."""
+
+    name = "fake.broken-plan"
+
+    def plan(self, ctx: ActionContext, params: SetParams) -> Plan:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "LookupEvents")
+
+
 class Manual(Action[CollectParams]):
     name = "fake.manual"
     summary = "needs a person"
@@ -119,7 +145,7 @@ class Manual(Action[CollectParams]):
 
 def registry() -> Registry:
     reg = Registry()
-    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual):
+    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual, SlowPlan, BrokenPlan):
         reg.register(cls)
     return reg
 
@@ -128,4 +154,6 @@ def reset(values: dict[str, str]) -> World:
     WORLD.values = dict(values)
     WORLD.applied = []
     WORLD.barrier = None
+    WORLD.applied_event = threading.Event()
+    WORLD.slow_plan_saw_apply = None
     return WORLD

@@ -238,6 +238,30 @@ def test_failed_step_skips_dependents_and_reports_partial(tmp_path: Path) -> Non
     assert world.values == {"a": "off", "b": "on"}
 
 
+def test_a_step_applies_while_another_is_still_planning(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: slow\n    action: fake.slow-plan\n    with: {keys: [b]}\n"
+                           "  - id: fast\n    action: fake.set\n    with: {keys: [a]}\n")
+    out = run(tmp_path, pb)
+    assert out.result["status"] == "contained"
+    assert world.slow_plan_saw_apply is True  # in waves, fast would wait for slow's plan (and slow would time out)
+    assert world.applied == ["a", "b"]
+
+
+def test_a_failed_evidence_step_blocks_neither_credentials_nor_compute(tmp_path: Path) -> None:
+    world = fakes.reset({"key": "on", "miner": "on"})
+    pb = pb_file(tmp_path, "  - id: evidence\n    action: fake.broken-plan\n    on_error: continue\n    with: {keys: [x]}\n"
+                           "  - id: keys\n    action: fake.set\n    with: {keys: [key]}\n"
+                           "  - id: compute\n    action: fake.set\n    with: {keys: [miner]}\n    needs: [evidence]\n"
+                           "  - id: report\n    action: fake.set\n    with: {keys: [x]}\n    needs: [compute]\n")
+    out = run(tmp_path, pb)
+    by_id = {s["id"]: s for s in out.result["steps"]}
+    assert by_id["evidence"]["status"] == "failed" and "ThrottlingException" in by_id["evidence"]["error"]
+    assert by_id["keys"]["status"] == by_id["compute"]["status"] == by_id["report"]["status"] == "applied"
+    assert world.values["key"] == world.values["miner"] == "off"
+    assert out.result["status"] == "partially_contained"  # the evidence is missing, and the run says so
+
+
 def test_manual_step_gives_exit_5(tmp_path: Path) -> None:
     fakes.reset({"a": "on"})
     pb = pb_file(tmp_path, "  - id: ok\n    action: fake.set\n    with: {keys: [a]}\n"
