@@ -3,6 +3,7 @@ problem at once, each with its location and a did-you-mean suggestion where one 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -42,6 +43,8 @@ class Playbook:
     steps: tuple[Step, ...]
     source: str
     kinds: tuple[str, ...] = ()
+    #: the YAML it was read from: a run keeps it, so a resume finishes the playbook it started
+    text: str = ""
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -116,7 +119,7 @@ def parse_playbook(text: str, source: str, registry: Registry) -> Playbook:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise InputError(source, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    return validate_playbook(doc, source, registry, _step_lines(text))
+    return dataclasses.replace(validate_playbook(doc, source, registry, _step_lines(text)), text=text)
 
 
 def validate_playbook(

@@ -16,7 +16,7 @@ from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
 from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
-from runner.playbook import Playbook, load_playbook
+from runner.playbook import Playbook, load_playbook, parse_playbook
 
 
 def state_dir(explicit: str | None) -> Path:
@@ -80,7 +80,10 @@ def start_run(
         run_id=run_id, incident_id=incident.id, playbook=playbook.name, status="pending",
         dry_run=options.dry_run, created_at=now_iso(), updated_at=now_iso(), incident=incident.to_json(),
         options={**options.to_json(), **aws_opts.to_json(), "playbook_ref": playbook.source
-                 if playbook_ref else playbook.name, "config": config_path},
+                 if playbook_ref else playbook.name, "config": config_path,
+                 # what the run started with: a resume finishes this playbook with this config, whatever
+                 # has changed on disk or in the package since
+                 "playbook_text": playbook.text, "config_snapshot": config.model_dump(mode="json")},
     )
     try:
         journal.create_run(record, lock=not options.dry_run)
@@ -117,8 +120,10 @@ def resume_run(
         if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
             raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
         stored = record.options
-        config = load_config(stored.get("config"))
-        playbook = load_playbook(stored["playbook_ref"], registry)
+        config = (Config.model_validate(stored["config_snapshot"]) if stored.get("config_snapshot")
+                  else load_config(stored.get("config")))
+        playbook = (parse_playbook(stored["playbook_text"], stored["playbook_ref"], registry)
+                    if stored.get("playbook_text") else load_playbook(stored["playbook_ref"], registry))
         incident = validate_incident(f"run {run_id} incident", record.incident)
         opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
                           by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))

@@ -262,6 +262,20 @@ def test_a_failed_evidence_step_blocks_neither_credentials_nor_compute(tmp_path:
     assert out.result["status"] == "partially_contained"  # the evidence is missing, and the run says so
 
 
+def test_a_resumed_run_finishes_the_playbook_it_started(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on"})
+    pb = pb_file(tmp_path, "  - id: gated\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n")
+    out = run(tmp_path, pb)
+    assert out.exit_code == 3
+    # the playbook on disk changes while the run is paused: the run still finishes what it started
+    Path(pb).write_text("version: 1\nname: fake\nsteps:\n  - id: collect\n    action: fake.collect\n"
+                        "  - id: other\n    action: fake.set\n    with: {keys: [b]}\n")
+    done = resume(tmp_path, out.result["run_id"], approve=("gated",))
+    assert done.result["status"] == "contained"
+    assert [s["id"] for s in done.result["steps"]] == ["collect", "gated"]
+    assert world.values == {"a": "off", "b": "on"}
+
+
 def test_manual_step_gives_exit_5(tmp_path: Path) -> None:
     fakes.reset({"a": "on"})
     pb = pb_file(tmp_path, "  - id: ok\n    action: fake.set\n    with: {keys: [a]}\n"
