@@ -18,7 +18,7 @@ tasks), given the names; stanch runs its whole reference playbook (discovery, ev
 quarantine, group and policy removal, verification) from the incident alone.
 
 Rows: no added latency; +50 ms per call; fan-out (2 users x 2 keys, 50 services, 200 tasks)
-+50 ms; the scale curve for stanch alone (attacker users: wall, API calls, calls per change,
++50 ms, and without added latency; the scale curve for stanch alone (attacker users: wall, API calls, calls per change,
 peak RSS); `--help` and `--version` wall for both. Latency comes from the fault proxy in
 tests/faultproxy.py; without it those rows say "skipped: no proxy".
 """
@@ -376,8 +376,8 @@ def render(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="repetitions per row (medians); default 5")
-    parser.add_argument("--rows", nargs="+", default=["basic", "latency", "fanout", "scale", "cli"],
-                        choices=["basic", "latency", "fanout", "scale", "cli"])
+    parser.add_argument("--rows", nargs="+", default=["basic", "latency", "fanout", "fanout-0", "scale", "cli"],
+                        choices=["basic", "latency", "fanout", "fanout-0", "scale", "cli"])
     parser.add_argument("--scale", type=int, nargs="+", default=[1, 10, 50, 200], metavar="USERS")
     parser.add_argument("--scale-reps", type=int, default=None, help="repetitions per scale point; default --reps")
     parser.add_argument("--latency-ms", type=int, default=50)
@@ -391,11 +391,13 @@ def main() -> None:
     result: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                               "reps": args.reps, "c7n": args.c7n_version, "compare": {}}
     proxy = have_proxy()
+    fanout = Scenario("fan-out", extra_users=1, keys_per_user=2, services=50, tasks_per_service=4)
     rows: list[tuple[str, str, Scenario, int]] = [
         ("basic", "reference attack, no added latency", Scenario("reference"), 0),
         ("latency", f"reference attack, +{args.latency_ms} ms per call", Scenario("reference"), args.latency_ms),
-        ("fanout", f"fan-out (2 users x 2 keys, 50 services, 200 tasks), +{args.latency_ms} ms",
-         Scenario("fan-out", extra_users=1, keys_per_user=2, services=50, tasks_per_service=4), args.latency_ms),
+        ("fanout", f"fan-out (2 users x 2 keys, 50 services, 200 tasks), +{args.latency_ms} ms", fanout,
+         args.latency_ms),
+        ("fanout-0", "fan-out, no added latency", fanout, 0),
     ]
     for key, label, sc, ms in rows:
         if key not in args.rows:

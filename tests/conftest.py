@@ -43,6 +43,9 @@ def _fake_aws_env_for_the_session() -> Iterator[None]:
     """Fake credentials before any fixture runs, module-scoped ones included."""
     with pytest.MonkeyPatch.context() as mp:
         _fake_credentials(mp)
+        # moto's EC2 loads its catalogue of public AMIs for every fresh account (a quarter of a CPU
+        # second); the tests use EC2 only for the default VPC's subnet and security group
+        mp.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
         yield
 
 
