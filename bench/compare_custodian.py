@@ -361,7 +361,7 @@ def render(result: dict[str, Any]) -> str:
         cli = result["cli"]
         for what, c_key in (("--help", "custodian --help"), ("--version", "custodian version")):
             s = cli[f"stanch {what}"]
-            lines.append(f"| `{what}` | {s:.2f} s | {cli[c_key]:.2f} s | {s / cli[c_key]:.2f} |")
+            lines.append(f"| `stanch {what}` / `{c_key}` | {s:.2f} s | {cli[c_key]:.2f} s | {s / cli[c_key]:.2f} |")
     if result.get("scale"):
         lines += ["", "Scale curve, stanch alone, no added latency:", "",
                   "| attacker users | wall | API calls | changes | calls per change | peak RSS |",
