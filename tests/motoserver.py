@@ -18,9 +18,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: what the tests attach (AdministratorAccess) plus broad AWS-managed decoys that are not "* on *"
+#: what the tests attach (AdministratorAccess), broad AWS-managed decoys that are not "* on *", and a
+#: few a test may plausibly attach; a test needing another uses the `aws_all_managed` fixture
 TEST_MANAGED_POLICIES = ("AdministratorAccess", "PowerUserAccess", "IAMFullAccess", "AmazonECS_FullAccess",
-                         "AWSSupportAccess")
+                         "AWSSupportAccess", "ReadOnlyAccess", "SecurityAudit", "IAMReadOnlyAccess",
+                         "AmazonECSTaskExecutionRolePolicy", "IAMDeleteRootUserCredentials",
+                         "IAMAuditRootUserCredentials")
 
 
 def only_managed_policies(names: tuple[str, ...] | list[str]) -> None:
