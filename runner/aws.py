@@ -12,13 +12,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
-
-import boto3
-from botocore.config import Config as BotoConfig
+from typing import TYPE_CHECKING, Any
 
 from runner.config import AwsSection
 from runner.errors import DryRunViolation
+
+if TYPE_CHECKING:  # boto3 is imported by the first session, not by commands that never call AWS
+    import boto3
 
 READ_PREFIXES = ("Describe", "List", "Get", "Lookup", "Search", "Head", "BatchGet", "Query", "Scan", "Simulate")
 
@@ -63,6 +63,9 @@ class AwsSession:
         max_pool_connections: int = 16,
         boto_session: boto3.Session | None = None,
     ) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
         self.region = region
         self.endpoint_url = endpoint_url or None
         self.dry_run = dry_run
@@ -109,6 +112,8 @@ class AwsSession:
 
     # -- derived sessions (same guard, counters and settings) -----------------------------------
     def _derive(self, creds: dict[str, Any]) -> AwsSession:
+        import boto3
+
         child = AwsSession(
             region=self.region, endpoint_url=self.endpoint_url, settings=self._settings, dry_run=self.dry_run,
             boto_session=boto3.Session(aws_access_key_id=creds["AccessKeyId"],

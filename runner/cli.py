@@ -8,16 +8,17 @@ from collections.abc import Callable
 from enum import StrEnum
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
 
-from actions.base import Plan
 from runner import __version__
-from runner.engine import RunOptions, default_approver
 from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, StanchError
-from runner.playbook import Step
+
+if TYPE_CHECKING:  # commands import what they use when they run: `--help` loads neither boto3 nor moto
+    from actions.base import Plan
+    from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -227,6 +228,7 @@ def run(
     CloudTrail records; the format is detected."""
     from runner.attribution.sources import is_cloudtrail_file, read_trail_files
     from runner.config import load_config
+    from runner.engine import RunOptions, default_approver
     from runner.intake import IntakeOptions, load_any, merge_cloudtrail, settle_window
     from runner.service import AwsOptions, start_run
     from runner.service import state_dir as resolve_state
@@ -299,6 +301,7 @@ def approve(
     state_dir: StateDir = None,
 ) -> None:
     """Approve a paused run's step (the plan shown by `stanch status RUN_ID`). Then `stanch resume`."""
+    from runner.engine import default_approver
     from runner.service import approve_step
     from runner.service import state_dir as resolve_state
 
@@ -319,6 +322,7 @@ def resume(
     output: OutputOpt = Output.text,
 ) -> None:
     """Continue a paused or interrupted run: re-plan what is left and apply only that."""
+    from runner.engine import RunOptions, default_approver
     from runner.service import resume_run
     from runner.service import state_dir as resolve_state
 
@@ -344,6 +348,7 @@ def rollback(
     policies removed, group memberships and policies restored, services scaled back). What no API can
     undo (a deleted console password, a deactivated MFA device) is listed as a manual action. The
     revert step is approval-gated like any other; it runs as a new, journaled run."""
+    from runner.engine import RunOptions, default_approver
     from runner.service import rollback_run
     from runner.service import state_dir as resolve_state
 
@@ -363,6 +368,7 @@ def cancel(
 ) -> None:
     """Give up on an unfinished run: it ends `failed` and releases the incident for a new run.
     Changes already applied stay applied (each recorded with the value it replaced)."""
+    from runner.engine import default_approver
     from runner.service import cancel_run
     from runner.service import state_dir as resolve_state
 

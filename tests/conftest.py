@@ -1,15 +1,15 @@
 """Shared fixtures. Every AWS call goes to moto: in-process (`aws`) or a private moto server on
-127.0.0.1 (`moto_server`). Credentials are fake and AWS_PROFILE is unset for every test."""
+127.0.0.1 (`moto_server`). Credentials are fake and AWS_PROFILE is unset for every test.
+
+The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml): every worker process has
+its own moto server on a port the kernel picked, and every test its own state directory. What is
+slow and identical between tests is done once per worker: botocore's service models are parsed
+once (not once per boto3 session), and moto loads only the AWS-managed policies the tests use."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,21 +17,76 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.motoserver import TEST_MANAGED_POLICIES, only_managed_policies
+from tests.motoserver import start as start_moto_server
+from tests.motoserver import stop as stop_moto_server
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLE_INCIDENT = ROOT / "tests" / "data" / "incident-cryptojacking.json"
 
+_HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG")
+
+
+def _fake_credentials(mp: pytest.MonkeyPatch) -> None:
+    for var in _HIDDEN:
+        mp.delenv(var, raising=False)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mp.setenv("AWS_CONFIG_FILE", os.devnull)
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fake_aws_env_for_the_session() -> Iterator[None]:
+    """Fake credentials before any fixture runs, module-scoped ones included."""
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_credentials(mp)
+        # moto's EC2 loads its catalogue of public AMIs for every fresh account (a quarter of a CPU
+        # second); the tests use EC2 only for the default VPC's subnet and security group
+        mp.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        yield
+
 
 @pytest.fixture(autouse=True)
 def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    _fake_credentials(monkeypatch)
     monkeypatch.setenv("STANCH_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parse_service_models_once() -> Iterator[None]:
+    """Every new boto3 session re-reads and re-parses botocore's service models (ec2's alone is
+    megabytes of JSON): share one loader between the sessions of this test process. Read-only data;
+    the loader caches what it parsed."""
+    import botocore.loaders
+    import botocore.session
+
+    loaders: dict[Any, Any] = {}
+    original = botocore.session.Session._register_data_loader
+
+    def shared_loader(self: botocore.session.Session) -> None:
+        def make() -> Any:
+            path = self.get_config_variable("data_path")
+            if path not in loaders:
+                loaders[path] = botocore.loaders.create_loader(path)
+            return loaders[path]
+
+        self._components.lazy_register_component("data_loader", make)
+
+    botocore.session.Session._register_data_loader = shared_loader
+    try:
+        yield
+    finally:
+        botocore.session.Session._register_data_loader = original
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_managed_policies() -> None:
+    """Where a test asks moto for AWS-managed policies, it gets AdministratorAccess and a few broad
+    decoys instead of all ~1,600 (parsed again on every reset: about a second per test)."""
+    only_managed_policies(TEST_MANAGED_POLICIES)
 
 
 @pytest.fixture
@@ -45,17 +100,25 @@ def aws() -> Iterator[boto3.Session]:
 
 @pytest.fixture
 def aws_managed() -> Iterator[boto3.Session]:
-    """In-process moto with AWS-managed policies (AdministratorAccess); about a second slower."""
+    """In-process moto with AWS-managed policies (AdministratorAccess and a few others)."""
     from moto import mock_aws
 
     with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
         yield boto3.Session(region_name="us-east-1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def aws_all_managed(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
+    """In-process moto with every AWS-managed policy moto knows: about a second slower per test, for
+    a test that needs one outside tests.motoserver.TEST_MANAGED_POLICIES."""
+    import moto.iam.aws_managed_policies
+    import moto.iam.models
+    from moto import mock_aws
+
+    monkeypatch.setattr(moto.iam.models, "aws_managed_policies_data",
+                        moto.iam.aws_managed_policies.aws_managed_policies_data)
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        yield boto3.Session(region_name="us-east-1")
 
 
 class MotoServer:
@@ -63,6 +126,8 @@ class MotoServer:
         self.url = url
 
     def reset(self) -> None:
+        import urllib.request
+
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
         urllib.request.urlopen(req, timeout=10).read()
 
@@ -75,24 +140,12 @@ class MotoServer:
 
 @pytest.fixture(scope="session")
 def moto_server_process() -> Iterator[MotoServer]:
-    port = _free_port()
-    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    """One moto server per test process (each xdist worker has its own, on its own port)."""
+    proc, url = start_moto_server()
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("moto server did not start")
         yield MotoServer(url)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_moto_server(proc)
 
 
 @pytest.fixture

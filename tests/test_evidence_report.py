@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +19,28 @@ from runner.drill import root_keys_present, seed
 from tests.awshelp import context, plan
 from tests.conftest import write_json
 
+pytestmark = pytest.mark.xdist_group("evidence-report")  # one worker, so one shared containment
+
 NAMES = {"user": "svc-backup", "group": "k8s-ops", "cluster": "billing", "service": "report-gen",
          "image": "xmrig/xmrig:6.21"}
 
 
-@pytest.fixture
-def contained(aws_managed: boto3.Session, tmp_path: Path) -> dict[str, Any]:
-    seeded = seed(aws_managed, NAMES)
-    root_keys_present(True)
-    path = write_json(tmp_path / "incident.json", seeded["incident"])
-    state = tmp_path / "state"
-    result = CliRunner().invoke(app, ["run", str(path), "--approve-all", "--by", "oncall", "--output", "json",
-                                      "--state-dir", str(state)])
+@pytest.fixture(scope="module")
+def contained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One containment shared by the module's tests: they read its run document, state directory and
+    bundle (the report needs no AWS). A test that alters files works on its own copy."""
+    from moto import mock_aws
+
+    tmp_path = tmp_path_factory.mktemp("contained")
+    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        seeded = seed(boto3.Session(region_name="us-east-1"), NAMES)
+        root_keys_present(True)
+        path = write_json(tmp_path / "incident.json", seeded["incident"])
+        state = tmp_path / "state"
+        result = CliRunner().invoke(app, ["run", str(path), "--approve-all", "--by", "oncall", "--output", "json",
+                                          "--state-dir", str(state)])
     assert result.exit_code == 5, result.output  # contained; the root key is a manual action
-    return {"run": json.loads(result.stdout), "state": state, "seeded": seeded, "session": aws_managed}
+    yield {"run": json.loads(result.stdout), "state": state, "seeded": seeded}
 
 
 def invoke(*args: str) -> Any:
@@ -59,8 +69,8 @@ def test_run_names_a_bundle_that_holds_the_state_before_containment(contained: d
         assert mode == (0o600 if f.is_file() else 0o700), (f, oct(mode))
 
 
-def test_evidence_verify_detects_altered_missing_and_extra_files(contained: dict[str, Any]) -> None:
-    bundle = Path(contained["run"]["evidence"]["path"])
+def test_evidence_verify_detects_altered_missing_and_extra_files(contained: dict[str, Any], tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(contained["run"]["evidence"]["path"], tmp_path / "bundle"))
     ok = invoke("evidence", "verify", str(bundle))
     assert ok.exit_code == 0 and "intact" in ok.output
     target = bundle / "iam/users/svc-backup.json"
@@ -76,8 +86,8 @@ def test_evidence_verify_detects_altered_missing_and_extra_files(contained: dict
     assert invoke("evidence", "verify", str(bundle.parent)).exit_code == 2
 
 
-def test_audit_verify_reports_edits_deletions_and_reordering(contained: dict[str, Any]) -> None:
-    state = contained["state"]
+def test_audit_verify_reports_edits_deletions_and_reordering(contained: dict[str, Any], tmp_path: Path) -> None:
+    state = Path(shutil.copytree(contained["state"], tmp_path / "state-copy"))
     log = state / "audit.jsonl"
     ok = invoke("audit", "verify", "--state-dir", str(state))
     assert ok.exit_code == 0, ok.output
