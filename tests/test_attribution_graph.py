@@ -73,3 +73,11 @@ def test_nothing_before_the_window_and_nothing_without_the_seed() -> None:
     g = attribute(records, user_only)
     assert g.users == {} and set(g.roles) == {"svc-lambda-exec"}
     assert not any(e.actor.startswith("root") for e in g.edges)
+
+
+def test_session_tokens_and_secrets_never_leave_the_graph() -> None:
+    t = chain()
+    t.records[2]["responseElements"]["credentials"].update(sessionToken="FwoGZXIvYXdzECANARY", secretAccessKey="wJalrCANARY")
+    g = attribute(t.records, seeds())
+    assert "CANARY" not in repr(g.events) and "CANARY" not in repr([e.to_json() for e in g.edges])
+    assert "ASIAFEDERATED0000001" in repr(g.events)  # key ids stay: they are how the closure is proven

@@ -109,9 +109,23 @@ def is_read(name: str) -> bool:
     return name.startswith(_READ_PREFIXES) or name in ("ConsoleLogin", "GetCallerIdentity")
 
 
+#: fields whose values are credentials: never kept (STS responses carry session tokens)
+SECRET_FIELDS = frozenset({"sessionToken", "secretAccessKey", "password", "newPassword", "oldPassword",
+                           "SessionToken", "SecretAccessKey", "Password"})
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if k in SECRET_FIELDS else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
 def kept(r: dict[str, Any]) -> dict[str, Any]:
-    """The record trimmed to the fields stanch uses (smaller runs, no unrelated data kept)."""
-    return {k: r[k] for k in KEPT_FIELDS if k in r}
+    """The record trimmed to the fields stanch uses (smaller runs, no unrelated data kept), with
+    every credential value (session tokens, secret keys, passwords) replaced by `<redacted>`."""
+    return {k: _scrub(r[k]) for k in KEPT_FIELDS if k in r}
 
 
 def service_of(r: dict[str, Any]) -> str:
