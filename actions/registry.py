@@ -7,7 +7,9 @@ from typing import Any
 
 from actions.base import Action
 
-BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback")
+BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback",
+                   "actions.triage", "actions.iam_persistence", "actions.lambda_", "actions.ec2_exposure",
+                   "actions.rds", "actions.s3", "actions.cloudtrail")
 
 
 class Registry:

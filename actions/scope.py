@@ -228,6 +228,7 @@ class DiscoverScope(Action[NoParams]):
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
             "ecs_task_definitions": [{"arn": a, "label": a.rsplit("/", 1)[-1]} for a in task_defs],
             "excluded": excluded + ecs_excluded, "missing": missing,
+            "attacker_events": [],  # filled by the CloudTrail attribution graph (its own change)
         }
         return Plan(outputs=scope, notes=missing + trail_notes)
 
