@@ -227,12 +227,15 @@ def _entries(perms: list[dict[str, Any]]) -> set[str]:
 class UnshareAttackerImages(_Unshare):
     name = "ec2.unshare-attacker-images"
     summary = "Remove the outside accounts (or public access) the attacker added to AMI launch permissions"
-    permissions = ("ec2:DescribeImageAttribute", "ec2:ModifyImageAttribute")
+    permissions = ("ec2:DescribeImages", "ec2:DescribeImageAttribute", "ec2:ModifyImageAttribute")
     reverts = {"ec2:ModifyImageAttribute": ("ec2:ModifyImageAttribute",)}
     kind, id_key, event_attribute, operation = "image", "imageId", "launchPermission", "ec2:ModifyImageAttribute"
 
     def shared_with(self, ec2: Any, resource: str) -> set[str] | None:
         try:
+            # existence first: some emulators fail describe_image_attribute on an unknown image
+            if not ec2.describe_images(ImageIds=[resource])["Images"]:
+                return None
             perms = ec2.describe_image_attribute(ImageId=resource, Attribute="launchPermission")
         except ClientError as exc:
             if is_code(exc, "InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"):

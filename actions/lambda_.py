@@ -21,7 +21,8 @@ from actions.triage import UndoAction, Verdict, event_id, region_of
 from runner.techniques import request, response
 
 GONE = "ResourceNotFoundException"
-_LAST_MODIFIED = re.compile(r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?(?P<zone>Z|[+-]\d\d:?\d\d)?$")
+_LAST_MODIFIED = re.compile(
+    r"(?P<base>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?(?P<zone>Z|[+-]\d\d:?\d\d)?$")
 
 
 def _function_arn(ctx: ActionContext, region: str, function: str) -> str:

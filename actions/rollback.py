@@ -32,7 +32,7 @@ NOT_REVERSIBLE = {
 UNDO_PERMISSIONS = (
     "lambda:GetPolicy", "lambda:AddPermission", "lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency",
     "lambda:DeleteFunctionConcurrency", "lambda:GetAlias", "lambda:UpdateAlias", "ec2:DescribeSecurityGroups",
-    "ec2:AuthorizeSecurityGroupIngress", "ec2:DescribeImageAttribute", "ec2:ModifyImageAttribute",
+    "ec2:AuthorizeSecurityGroupIngress", "ec2:DescribeImages", "ec2:DescribeImageAttribute", "ec2:ModifyImageAttribute",
     "ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute", "rds:DescribeDBSnapshotAttributes",
     "rds:ModifyDBSnapshotAttribute", "rds:DescribeDBClusterSnapshotAttributes", "rds:ModifyDBClusterSnapshotAttribute",
     "s3:GetBucketPolicy", "s3:PutBucketPolicy", "cloudtrail:GetTrailStatus", "cloudtrail:StopLogging",

@@ -129,8 +129,8 @@ class TriageAttackerActivity(Action[TriageParams]):
     risk = "read-only"
     publishes = "attacker_activity"
     permissions = ("iam:GetUser", "iam:GetRole", "iam:GetGroup", "iam:GetLoginProfile", "lambda:GetPolicy",
-                   "lambda:GetFunction", "lambda:GetFunctionConcurrency", "lambda:ListAliases",
-                   "lambda:ListVersionsByFunction", "ec2:DescribeSecurityGroups", "ec2:DescribeImageAttribute",
+                   "lambda:GetFunctionConcurrency", "lambda:ListAliases", "lambda:ListVersionsByFunction",
+                   "ec2:DescribeSecurityGroups", "ec2:DescribeImages", "ec2:DescribeImageAttribute",
                    "ec2:DescribeSnapshotAttribute", "rds:DescribeDBSnapshotAttributes",
                    "rds:DescribeDBClusterSnapshotAttributes", "s3:GetBucketPolicy", "cloudtrail:GetTrailStatus",
                    "cloudtrail:GetEventSelectors")
