@@ -27,6 +27,13 @@ class DeleteAttackerLoginProfiles(UndoAction):
         out = []
         for e in events:
             user, eid = str(request(e).get("userName", "")), event_id(e)
+            arn = user_arn(ctx.incident.account_id, user)
+            if ctx.protected(user, arn):
+                out.append(Verdict(eid, "manual", f"user {user} is a protected principal: stanch does not touch it",
+                                   f"The attacker created a console password for protected user {user} at "
+                                   f"{e.get('eventTime')}: delete it (aws iam delete-login-profile --user-name {user}) "
+                                   "and review how the attacker reached a break-glass identity."))
+                continue
             try:
                 profile = iam.get_login_profile(UserName=user)["LoginProfile"]
             except ClientError as exc:
@@ -34,7 +41,7 @@ class DeleteAttackerLoginProfiles(UndoAction):
                     raise
                 out.append(Verdict(eid, "no_action_needed", f"user {user} has no console password now"))
                 continue
-            change = Change("iam:DeleteLoginProfile", user_arn(ctx.incident.account_id, user), {"UserName": user},
+            change = Change("iam:DeleteLoginProfile", arn, {"UserName": user},
                             previous={"LoginProfile": "present", "CreateDate": iso(profile.get("CreateDate")),
                                       "CreatedBy": f"attacker event {eid}"},
                             reason=f"console password the attacker created for {user} at {e.get('eventTime')}")

@@ -64,7 +64,7 @@ class UndoAction(Action[EventsParams]):
         for e in events:
             category, technique = classify(e)
             if category == "known" and technique is not None and technique.handler == self.name \
-                    and not e.get("errorCode"):
+                    and not e.get("errorCode") and resource_of(e, technique):
                 out.append(e)
         return out
 
@@ -155,8 +155,10 @@ class TriageAttackerActivity(Action[TriageParams]):
                                                                  "nothing")
             elif technique is None:
                 verdicts[eid] = Verdict(eid, "manual", "not a technique stanch knows how to undo", _review(e, resource))
-            elif technique.kind == "undo" and technique.handler:
+            elif technique.kind == "undo" and technique.handler and resource:
                 by_handler.setdefault(technique.handler, []).append(e)
+            elif technique.kind == "undo":  # a record without the resource cannot be assessed
+                verdicts[eid] = Verdict(eid, "manual", "the event does not name the resource", _review(e, resource))
             elif technique.kind in ("identity", "session", "ecs"):
                 verdicts[eid] = _decide_scoped(ctx, e, technique, resource, scope)
             elif technique.kind == "manual":

@@ -125,3 +125,30 @@ def test_classify_and_resource_helpers() -> None:
     e = event("ec2.amazonaws.com:RunInstances", {}, responseElements={"instancesSet": {"items": [{"instanceId": "i-9"}]}})
     e["responseElements"] = {"instancesSet": {"items": [{"instanceId": "i-9"}]}}
     assert resource_of(e, CATALOGUE["ec2.amazonaws.com:RunInstances"]) == "i-9"
+
+
+def test_triage_uses_only_declared_reads_and_survives_records_without_resources(aws: boto3.Session) -> None:
+    events = [event(key, minimal_request(key)) for key in CATALOGUE]
+    bare = [event(key, None) for key in CATALOGUE if CATALOGUE[key].kind == "undo"]
+    for e in bare:
+        e["requestParameters"] = "not-a-dict"
+    ctx = context(aws)
+    out = plan(TriageAttackerActivity(), ctx, {"events": [*events, *bare]})
+    used = set(ctx.aws.call_counts())
+    assert used <= set(TriageAttackerActivity.permissions), used - set(TriageAttackerActivity.permissions)
+    by_id = {a["event_id"]: a for a in out.outputs["activity"]}
+    assert all(by_id[e["eventID"]]["outcome"] == "manual" for e in bare)
+
+
+def test_a_protected_user_is_never_changed_on_an_attacker_event(aws: boto3.Session) -> None:
+    from actions.iam_persistence import DeleteAttackerLoginProfiles
+
+    iam = aws.client("iam")
+    iam.create_user(UserName="breakglass-ops")
+    iam.create_login_profile(UserName="breakglass-ops", Password="Attacker-set-pa55!")
+    e = event("iam.amazonaws.com:CreateLoginProfile", {"userName": "breakglass-ops"})
+    out = plan(DeleteAttackerLoginProfiles(), context(aws), {"events": [e]})
+    assert out.changes == []
+    triage = plan(TriageAttackerActivity(), context(aws), {"events": [e]})
+    assert triage.outputs["activity"][0]["outcome"] == "manual"
+    assert "breakglass-ops" in triage.manual[0]
