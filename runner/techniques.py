@@ -195,9 +195,12 @@ def is_write(event_name: str) -> bool:
 
 
 def _dig(doc: Any, path: str) -> Any:
+    """Follow a dotted path; a number indexes a list, a name over a list collects from each item."""
     for part in path.split("."):
-        if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
-            doc = doc[int(part)]
+        if isinstance(doc, list) and part.isdigit():
+            doc = doc[int(part)] if int(part) < len(doc) else None
+        elif isinstance(doc, list):
+            doc = [item.get(part) for item in doc if isinstance(item, dict) and item.get(part) is not None] or None
         elif isinstance(doc, dict):
             doc = doc.get(part)
         else:

@@ -152,3 +152,9 @@ def test_a_protected_user_is_never_changed_on_an_attacker_event(aws: boto3.Sessi
     triage = plan(TriageAttackerActivity(), context(aws), {"events": [e]})
     assert triage.outputs["activity"][0]["outcome"] == "manual"
     assert "breakglass-ops" in triage.manual[0]
+
+
+def test_every_flow_log_of_a_deletion_is_named() -> None:
+    e = event("ec2.amazonaws.com:DeleteFlowLogs", {"DeleteFlowLogsRequest": {"FlowLogId": [
+        {"content": "fl-1", "tag": 1}, {"content": "fl-2", "tag": 2}]}})
+    assert resource_of(e, CATALOGUE["ec2.amazonaws.com:DeleteFlowLogs"]) == "fl-1, fl-2"
