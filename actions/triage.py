@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from actions.base import Action, ActionContext, Change, Params, Plan
 from actions.common import AccessKeyRef, GroupRef, Ref, RoleRef, UserRef, is_code
 from actions.registry import builtin_registry, register
-from runner.techniques import Technique, classify, fill, request, resource_of, response
+from runner.techniques import Technique, classify, event_key, fill, request, resource_of, response
 
 Outcome = Literal["contained", "manual", "no_action_needed"]
 
@@ -190,7 +190,7 @@ class TriageAttackerActivity(Action[TriageParams]):
 
 def _item(ctx: ActionContext, e: dict[str, Any], t: Technique | None, resource: str,
           verdict: Verdict | None) -> dict[str, Any]:
-    if t is not None and t.kind == "exposed":
+    if t is not None and t.kind == "exposed" and not e.get("errorCode"):
         outcome, why, instruction = "exposed", "the attacker read a secret", fill(t.instruction, e, resource)
     elif verdict is None:  # every path above gives a verdict; this keeps "nothing silent" true regardless
         outcome, why, instruction = "manual", "not assessed", _review(e, resource)
@@ -329,8 +329,8 @@ def _decide_scoped(ctx: ActionContext, e: dict[str, Any], t: Technique, resource
 
 def _decide_session(e: dict[str, Any], name: str, scope: _Scope) -> Verdict:
     eid, when = event_id(e), e.get("eventTime")
-    ident = e.get("userIdentity") if isinstance(e.get("userIdentity"), dict) else {}
-    assert isinstance(ident, dict)
+    raw = e.get("userIdentity")
+    ident: dict[str, Any] = raw if isinstance(raw, dict) else {}
     issuer_type = ident.get("type")
     issuer = str(ident.get("userName") or "")
     if name == "AssumeRole":
@@ -360,8 +360,6 @@ def _decide_session(e: dict[str, Any], name: str, scope: _Scope) -> Verdict:
 
 
 def _name(e: dict[str, Any]) -> str:
-    from runner.techniques import event_key
-
     return event_key(e).split(":", 1)[1]
 
 

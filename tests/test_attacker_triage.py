@@ -158,3 +158,9 @@ def test_every_flow_log_of_a_deletion_is_named() -> None:
     e = event("ec2.amazonaws.com:DeleteFlowLogs", {"DeleteFlowLogsRequest": {"FlowLogId": [
         {"content": "fl-1", "tag": 1}, {"content": "fl-2", "tag": 2}]}})
     assert resource_of(e, CATALOGUE["ec2.amazonaws.com:DeleteFlowLogs"]) == "fl-1, fl-2"
+
+
+def test_a_denied_secret_read_exposed_nothing(aws: boto3.Session) -> None:
+    denied = event("secretsmanager.amazonaws.com:GetSecretValue", {"secretId": "prod/db"}, errorCode="AccessDenied")
+    out = plan(TriageAttackerActivity(), context(aws), {"events": [denied]})
+    assert out.outputs["activity"][0]["outcome"] == "no_action_needed" and out.manual == []
