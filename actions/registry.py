@@ -9,7 +9,7 @@ from actions.base import Action
 
 BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback",
                    "actions.triage", "actions.iam_persistence", "actions.lambda_", "actions.ec2_exposure",
-                   "actions.rds", "actions.s3", "actions.cloudtrail")
+                   "actions.rds", "actions.s3", "actions.cloudtrail", "actions.guardduty", "actions.awsconfig")
 
 
 class Registry:

@@ -36,7 +36,8 @@ UNDO_PERMISSIONS = (
     "ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute", "rds:DescribeDBSnapshotAttributes",
     "rds:ModifyDBSnapshotAttribute", "rds:DescribeDBClusterSnapshotAttributes", "rds:ModifyDBClusterSnapshotAttribute",
     "s3:GetBucketPolicy", "s3:PutBucketPolicy", "cloudtrail:GetTrailStatus", "cloudtrail:StopLogging",
-    "cloudtrail:GetEventSelectors", "cloudtrail:PutEventSelectors",
+    "cloudtrail:GetEventSelectors", "cloudtrail:PutEventSelectors", "guardduty:GetDetector",
+    "guardduty:UpdateDetector", "config:DescribeConfigurationRecorderStatus", "config:StopConfigurationRecorder",
 )
 
 

@@ -133,7 +133,8 @@ class TriageAttackerActivity(Action[TriageParams]):
                    "ec2:DescribeSecurityGroups", "ec2:DescribeImages", "ec2:DescribeImageAttribute",
                    "ec2:DescribeSnapshotAttribute", "rds:DescribeDBSnapshotAttributes",
                    "rds:DescribeDBClusterSnapshotAttributes", "s3:GetBucketPolicy", "cloudtrail:GetTrailStatus",
-                   "cloudtrail:GetEventSelectors")
+                   "cloudtrail:GetEventSelectors", "guardduty:GetDetector",
+                   "config:DescribeConfigurationRecorderStatus")
 
     def plan(self, ctx: ActionContext, params: TriageParams) -> Plan:
         scope = _Scope(users={u.name for u in params.users}, groups={g.name for g in params.groups},

@@ -158,13 +158,9 @@ CATALOGUE: dict[str, Technique] = {t.event: t for t in [
     _t("guardduty.amazonaws.com:DeleteDetector", TOOLS, "manual", ("detectorId",),
        instruction="The attacker deleted GuardDuty detector {resource} in {region} at {time}. Enable GuardDuty "
                    "again in {region} (aws guardduty create-detector --enable); its earlier findings are gone."),
-    _t("guardduty.amazonaws.com:UpdateDetector", TOOLS, "manual", ("detectorId",),
-       instruction="The attacker changed GuardDuty detector {resource} in {region} at {time}. Make sure it is "
-                   "enabled with its usual settings (aws guardduty update-detector --detector-id {resource} "
-                   "--enable)."),
-    _t("config.amazonaws.com:StopConfigurationRecorder", TOOLS, "manual", ("configurationRecorderName",),
-       instruction="The attacker stopped the AWS Config recorder {resource} in {region} at {time}. Start it again "
-                   "(aws configservice start-configuration-recorder --configuration-recorder-name {resource})."),
+    _t("guardduty.amazonaws.com:UpdateDetector", TOOLS, "undo", ("detectorId",), handler="guardduty.enable-detectors"),
+    _t("config.amazonaws.com:StopConfigurationRecorder", TOOLS, "undo", ("configurationRecorderName",),
+       handler="config.start-recorders"),
     # ---- ECS: contained by the ECS steps when the service is in scope
     _t(f"{ECS}:CreateService", CONTAINER, "ecs", ("serviceName",)),
     _t(f"{ECS}:RunTask", CONTAINER, "ecs", ("taskDefinition",)),

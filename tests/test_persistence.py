@@ -111,6 +111,11 @@ def build(session: boto3.Session) -> dict[str, Any]:
     for trail in ("org-trail", "audit-trail", "ops-trail"):
         ct.create_trail(Name=trail, S3BucketName="acme-trails")
         ct.start_logging(Name=trail)
+    gd, cfg = session.client("guardduty"), session.client("config")
+    detector = gd.create_detector(Enable=True)["DetectorId"]
+    cfg.put_configuration_recorder(ConfigurationRecorder={"name": "main", "roleARN": lambda_role})
+    cfg.put_delivery_channel(DeliveryChannel={"name": "main", "s3BucketName": "acme-trails"})
+    cfg.start_configuration_recorder(ConfigurationRecorderName="main")
 
     seeded = seed(session, NAMES)  # stamps the window start, then the reference chain
     a = Attacker(NAMES["user"], seeded["attacker_key"]["AccessKeyId"])
@@ -194,8 +199,10 @@ def build(session: boto3.Session) -> dict[str, Any]:
     a.did("cloudtrail", "DeleteTrail", {"name": "legacy-trail"})
     a.did("cloudtrail", "UpdateTrail", {"name": "org-trail-eu", "s3BucketName": "attacker-sink"})
     a.did("guardduty", "DeleteDetector", {"detectorId": "12abc34d567e8fa901bc2d34e56789f0"})
-    a.did("guardduty", "UpdateDetector", {"detectorId": "98abc34d567e8fa901bc2d34e56789f0", "enable": False})
-    a.did("config", "StopConfigurationRecorder", {"configurationRecorderName": "default"})
+    gd.update_detector(DetectorId=detector, Enable=False)
+    a.did("guardduty", "UpdateDetector", {"detectorId": detector, "enable": False})
+    cfg.stop_configuration_recorder(ConfigurationRecorderName="main")
+    a.did("config", "StopConfigurationRecorder", {"configurationRecorderName": "main"})
     # reads of secrets, and a plain read that exposes nothing
     a.did("secretsmanager", "GetSecretValue", {"secretId": "prod/orders/db"})
     a.did("ssm", "GetParameter", {"name": "/prod/stripe/key", "withDecryption": True})
@@ -206,7 +213,7 @@ def build(session: boto3.Session) -> dict[str, Any]:
     a.did("sns", "CreateTopic", {"name": "exfil-alerts"})
     a.did("iam", "CreateUser", {"userName": "never-made"}, errorCode="AccessDenied", errorMessage="denied")
     return {"seeded": seeded, "events": a.events, "web": web, "golden": golden, "backup_ami": backup_ami,
-            "snapshot": snapshot}
+            "snapshot": snapshot, "detector": detector}
 
 
 def supply_events(monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]) -> None:
@@ -267,6 +274,9 @@ def live_state(session: boto3.Session, built: dict[str, Any]) -> dict[str, Any]:
         "logging": {t: ct.get_trail_status(Name=t)["IsLogging"] for t in ("org-trail", "audit-trail", "ops-trail")},
         "ops_selectors": selectors("ops-trail"), "org_selectors": selectors("org-trail"),
         "partner_trust": iam.get_role(RoleName="partner-audit")["Role"]["AssumeRolePolicyDocument"],
+        "detector": session.client("guardduty").get_detector(DetectorId=built["detector"])["Status"],
+        "recorder": session.client("config").describe_configuration_recorder_status()[
+            "ConfigurationRecordersStatus"][0]["recording"],
     }
 
 
@@ -277,13 +287,14 @@ ATTACKED = {
     "snapshot": [str({"UserId": OUTSIDE})], "rds_snapshot": [OUTSIDE], "rds_cluster_snapshot": ["all"],
     "bucket_sids": ["AppRead", "Replicate"], "bob_login": True, "carol_login": True,
     "logging": {"org-trail": True, "audit-trail": False, "ops-trail": True},
-    "ops_selectors": [("ReadOnly", True)],
+    "ops_selectors": [("ReadOnly", True)], "detector": "DISABLED", "recorder": False,
 }
 CONTAINED = {
     "lambda_sids": ["s3-invoke"], "alias": "1", "miner_fn_reserved": 0, "sg_ports": [(443, "0.0.0.0/0")],
     "backup_ami": [], "snapshot": [], "rds_snapshot": [], "rds_cluster_snapshot": [], "bucket_sids": ["AppRead"],
     "bob_login": False, "carol_login": True,  # carol's changed password is her own to reset: manual
     "logging": {"org-trail": True, "audit-trail": True, "ops-trail": True}, "ops_selectors": [("All", True)],
+    "detector": "ENABLED", "recorder": True,
 }
 #: event name -> outcome the responder must see
 EXPECTED = {
@@ -297,8 +308,8 @@ EXPECTED = {
     "ModifySnapshotAttribute": "contained", "DeleteFlowLogs": "manual", "ModifyDBSnapshotAttribute": "contained",
     "ModifyDBClusterSnapshotAttribute": "contained", "PutBucketPolicy": "contained", "PutBucketAcl": "manual",
     "DeleteBucketPublicAccessBlock": "manual", "StopLogging": "contained", "PutEventSelectors": "contained",
-    "DeleteTrail": "manual", "UpdateTrail": "manual", "DeleteDetector": "manual", "UpdateDetector": "manual",
-    "StopConfigurationRecorder": "manual", "GetSecretValue": "exposed", "GetParameter": "exposed",
+    "DeleteTrail": "manual", "UpdateTrail": "manual", "DeleteDetector": "manual", "UpdateDetector": "contained",
+    "StopConfigurationRecorder": "contained", "GetSecretValue": "exposed", "GetParameter": "exposed",
     "GetPasswordData": "exposed", "CreateTopic": "manual",
 }
 
@@ -376,7 +387,7 @@ def test_every_attacker_write_is_undone_or_reported_and_decoys_are_untouched(
                 "--state-dir", attacked["state"])
     redo = json.loads(again.stdout)
     undo_steps = {s["id"]: s for s in redo["steps"] if s["action"].split(".")[0] in
-                  ("lambda", "ec2", "rds", "s3", "cloudtrail")}
+                  ("lambda", "ec2", "rds", "s3", "cloudtrail", "guardduty", "config")}
     assert undo_steps and all(s["changes"] == [] for s in undo_steps.values())
 
 

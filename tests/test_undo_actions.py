@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from actions import cloudtrail, ec2_exposure, iam_persistence, lambda_, rds, s3
+from actions import awsconfig, cloudtrail, ec2_exposure, guardduty, iam_persistence, lambda_, rds, s3
 from actions.base import ActionContext
 from actions.triage import UndoAction
 from tests.awshelp import ACCOUNT, context, converge, enforced_as, incident, plan
@@ -239,6 +239,42 @@ def login_check(s: boto3.Session) -> None:
     assert iam.get_login_profile(UserName="erin")["LoginProfile"]["UserName"] == "erin"
 
 
+def detector_setup(s: boto3.Session) -> tuple[list[dict[str, Any]], str | None]:
+    gd = s.client("guardduty", region_name="ap-south-1")
+    detector = gd.create_detector(Enable=True)["DetectorId"]
+    gd.update_detector(DetectorId=detector, Enable=False)
+    return [ev("guardduty:UpdateDetector", {"detectorId": detector, "enable": False}, region="ap-south-1"),
+            ev("guardduty:UpdateDetector", {"detectorId": detector, "findingPublishingFrequency": "SIX_HOURS"},
+               region="ap-south-1")], None
+
+
+def detector_check(s: boto3.Session) -> None:
+    gd = s.client("guardduty", region_name="ap-south-1")
+    [detector] = gd.list_detectors()["DetectorIds"]
+    assert gd.get_detector(DetectorId=detector)["Status"] == "ENABLED"
+
+
+def recorder_setup(s: boto3.Session) -> tuple[list[dict[str, Any]], str | None]:
+    cfg = s.client("config")
+    role = f"arn:aws:iam::{ACCOUNT}:role/c"
+    # a recorder stopped on purpose in another region, which the attacker never touched
+    s.client("config", region_name="eu-central-1").put_configuration_recorder(
+        ConfigurationRecorder={"name": "default", "roleARN": role})
+    cfg.put_configuration_recorder(ConfigurationRecorder={"name": "default", "roleARN": role})
+    cfg.put_delivery_channel(DeliveryChannel={"name": "default", "s3BucketName": "config-bucket"})
+    cfg.start_configuration_recorder(ConfigurationRecorderName="default")
+    cfg.stop_configuration_recorder(ConfigurationRecorderName="default")
+    return [ev("config:StopConfigurationRecorder", {"configurationRecorderName": "default"})], None
+
+
+def recorder_check(s: boto3.Session) -> None:
+    def recording(region: str) -> bool:
+        cfg = s.client("config", region_name=region)
+        return bool(cfg.describe_configuration_recorder_status()["ConfigurationRecordersStatus"][0]["recording"])
+
+    assert recording("us-east-1") and not recording("eu-central-1")
+
+
 SCENARIOS: list[tuple[type[UndoAction], Setup, Callable[[boto3.Session], None]]] = [
     (lambda_.RemoveAttackerPermissions, permission_setup, permission_check),
     (lambda_.ThrottleAttackerFunctions, throttle_setup, throttle_check),
@@ -250,6 +286,8 @@ SCENARIOS: list[tuple[type[UndoAction], Setup, Callable[[boto3.Session], None]]]
     (s3.RemoveAttackerPolicyStatements, bucket_setup, bucket_check),
     (cloudtrail.RestoreLogging, trail_setup, trail_check),
     (iam_persistence.DeleteAttackerLoginProfiles, login_setup, login_check),
+    (guardduty.EnableDetectors, detector_setup, detector_check),
+    (awsconfig.StartRecorders, recorder_setup, recorder_check),
 ]
 IDS = [cls.name for cls, _, _ in SCENARIOS]
 
@@ -290,8 +328,8 @@ def test_undo_runs_with_exactly_its_declared_permissions(aws: boto3.Session, cls
                                                         check: Callable[[boto3.Session], None]) -> None:
     events, window = setup(aws)
     action = cls()
-    if cls.__module__ == "actions.lambda_":
-        # moto cannot authenticate Lambda's signed REST calls under IAM enforcement: check instead that
+    if cls.__module__ in ("actions.lambda_", "actions.guardduty"):
+        # moto cannot authenticate these REST services' signed calls under IAM enforcement: check instead that
         # every operation the action calls is declared
         ctx = ctx_for(aws, window)
         for change in plan(action, ctx, {"events": events}).changes:
