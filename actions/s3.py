@@ -91,8 +91,10 @@ class RemoveAttackerPolicyStatements(UndoAction):
                 out += [Verdict(event_id(e), "no_action_needed", why) for e in bucket_events]
                 continue
             arn = f"arn:aws:s3:::{bucket}"
-            removed = len(live_stmts) - len(remaining)
-            reason = f"{removed} statement(s) granting outside access, written by the attacker's PutBucketPolicy"
+            dropped = [s for s in live_stmts if canonical(s) in added]
+            removed = len(dropped)
+            reason = (f"{removed} statement(s) granting outside access, written by the attacker's PutBucketPolicy: "
+                      + "; ".join(f"{s.get('Sid') or 'no Sid'} to {json.dumps(s.get('Principal'))}" for s in dropped))
             if remaining:
                 doc = {**json.loads(live), "Statement": remaining}
                 change = Change("s3:PutBucketPolicy", arn,
