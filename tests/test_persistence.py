@@ -409,3 +409,25 @@ def test_rollback_restores_each_undo_from_its_recorded_previous_value(
                                                                        if k != "bob_login"}
     assert restored["bob_login"] is False
     assert any("console password of bob" in m["instructions"] for m in doc["manual_actions"])
+
+
+def test_gated_undo_steps_wait_for_approval_while_the_rest_is_contained(
+        aws_managed: boto3.Session, attacked: dict[str, Any]) -> None:
+    before = attacked["before"]
+    first = cli("run", str(attacked["incident"]), "--output", "json", "--state-dir", attacked["state"])
+    assert first.exit_code == 3, first.output  # paused: no terminal and nothing pre-approved
+    doc = json.loads(first.stdout)
+    status = {s["id"]: s["status"] for s in doc["steps"]}
+    for gated in ("pin-lambda-aliases", "restore-cloudtrail", "remove-bucket-policy-statements"):
+        assert status[gated] == "awaiting_approval", gated
+    assert status["remove-lambda-permissions"] == "applied" and status["revoke-attacker-ingress"] == "applied"
+    paused = live_state(aws_managed, attacked)
+    assert paused["alias"] == before["alias"] and paused["logging"] == before["logging"]
+    assert paused["bucket_sids"] == before["bucket_sids"]
+    assert paused["lambda_sids"] == ["s3-invoke"] and paused["sg_ports"] == [(443, "0.0.0.0/0")]
+
+    done = cli("resume", doc["run_id"], "--approve-all", "--by", "alice", "--output", "json",
+               "--state-dir", attacked["state"])
+    assert done.exit_code == 5, done.output
+    after = live_state(aws_managed, attacked)
+    assert {k: after[k] for k in CONTAINED} == CONTAINED
