@@ -115,8 +115,10 @@ class _Scope:
     services: list[ServiceItem]
 
 
-BLINDING = ("StopLogging", "DeleteTrail", "PutEventSelectors", "DeleteFlowLogs", "DeleteDetector",
-            "StopConfigurationRecorder")
+#: attacker calls that blind the account's logging or detection -> the operation that ends the blind period
+BLINDING = {"StopLogging": "cloudtrail:StartLogging", "PutEventSelectors": "cloudtrail:PutEventSelectors",
+            "DeleteTrail": None, "DeleteFlowLogs": None, "DeleteDetector": None,
+            "StopConfigurationRecorder": "config:StartConfigurationRecorder"}
 
 
 @register
@@ -205,10 +207,11 @@ def _item(ctx: ActionContext, e: dict[str, Any], t: Technique | None, resource: 
         "technique_id": t.attack_id if t else None, "technique": t.attack_name if t else "unknown write",
         "resource": resource, "outcome": outcome, "why": why, "instruction": instruction,
     }
-    if str(e.get("eventName")) in BLINDING and outcome != "no_action_needed":
-        item["blind_period"] = {"from": e.get("eventTime"),
-                                "until": ctx.started_at.isoformat(timespec="seconds").replace("+00:00", "Z")
-                                if outcome == "contained" else None}
+    name = str(e.get("eventName"))
+    if name in BLINDING and outcome != "no_action_needed":
+        # the report ends the period at the time this run applied `ended_by` on the resource, if it did
+        item["blind_period"] = {"from": e.get("eventTime"), "ended_by": BLINDING[name] if outcome == "contained"
+                                else None}
     return item
 
 

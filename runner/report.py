@@ -106,7 +106,7 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
         timeline.append({"time": a["time"], "who": "stanch", "what": f"{a['operation']}: {a['what'] or a['target']}",
                          "source": "stanch"})
     activity = result.get("attacker_activity") or []
-    timeline += _blind_periods(activity)
+    timeline += _blind_periods(activity, actions)
     timeline = sorted((t for t in timeline if _ts(t["time"])), key=lambda t: _ts(t["time"]))  # type: ignore[arg-type,return-value]
     timeline = list({(t["time"], t["what"]): t for t in timeline}.values())
 
@@ -192,16 +192,24 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
     }
 
 
-def _blind_periods(activity: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Timeline entries for the time logging or detection was off because of the attacker."""
+def _blind_periods(activity: list[dict[str, Any]], actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Timeline entries for the time logging or detection was off because of the attacker: from its
+    call until this run's change that restored it, or still open."""
     out = []
     for a in activity:
         blind = a.get("blind_period")
-        if blind:
-            until = f"until {blind['until']} (restored by this run)" if blind.get("until") else \
-                "and still blind until a person restores it"
-            out.append({"time": blind["from"], "who": "attacker", "source": "CloudTrail",
-                        "what": f"BLIND PERIOD starts: {a['event'].split(':')[-1]} on {a['resource']} {until}"})
+        if not blind:
+            continue
+        ended = [x["time"] for x in actions if blind.get("ended_by") and x["operation"] == blind["ended_by"]
+                 and x["time"] and str(x["target"]).rsplit("/", 1)[-1] == str(a["resource"]).rsplit("/", 1)[-1]]
+        until = f"until {min(ended)} (restored by this run)" if ended else "still open: a person must restore it" \
+            if not blind.get("ended_by") else "still open: the step restoring it has not been applied"
+        blind["until"] = min(ended) if ended else None
+        what = f"BLIND PERIOD from {a['event'].split(':')[-1]} on {a['resource']}, {until}"
+        out.append({"time": blind["from"], "who": "attacker", "source": "CloudTrail", "what": what})
+        if ended:
+            out.append({"time": min(ended), "who": "stanch", "source": "stanch",
+                        "what": f"BLIND PERIOD ends: {a['resource']} restored"})
     return out
 
 
@@ -310,7 +318,8 @@ def _attacker_section(activity: list[dict[str, Any]]) -> list[str]:
     for a in activity:
         text = a["instruction"] if a["outcome"] in ("manual", "exposed") and a.get("instruction") else a["why"]
         if a.get("blind_period"):
-            text += f" Blind period from {a['blind_period']['from']}."
+            blind = a["blind_period"]
+            text += f" Blind period from {blind['from']} until {blind.get('until') or 'now (still open)'}."
         out.append(f"| {a['time']} | {_md(a['event'])} | {_md(a['resource'] or '-')} | "
                    f"{a['technique_id'] or '-'} {_md(a['technique'])} | **{a['outcome'].replace('_', ' ')}** | "
                    f"{_md(text)} | {_md(a['event_id'])} |")

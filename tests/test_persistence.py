@@ -381,6 +381,10 @@ def test_every_attacker_write_is_undone_or_reported_and_decoys_are_untouched(
     for a in activity:
         assert a["event_id"] in section and a["event_id"] in page
     assert "T1562.008" in section and "T1537" in section and "exposed" in section and "blind" in section.lower()
+    starts = [t for t in report["timeline"] if t["what"].startswith("BLIND PERIOD from StopLogging on audit-trail")]
+    ends = [t for t in report["timeline"] if t["what"] == "BLIND PERIOD ends: audit-trail restored"]
+    assert len(starts) == 1 and "restored by this run" in starts[0]["what"] and len(ends) == 1
+    assert any("legacy-trail, still open" in t["what"] for t in report["timeline"])
 
     # a second run finds nothing left to undo
     again = cli("run", str(attacked["incident"]), "--approve-all", "--output", "json",
