@@ -217,6 +217,18 @@ class PinAliasesToEarlierVersions(UndoAction):
     permissions = ("lambda:ListVersionsByFunction", "lambda:ListAliases", "lambda:GetAlias", "lambda:UpdateAlias")
     reverts = {"lambda:UpdateAlias": ("lambda:UpdateAlias",)}
 
+    def verdicts(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
+        """A function the attacker created has no earlier code to return to: it is throttled instead."""
+        created = {_name(str(request(e).get("functionName", ""))) for e in events
+                   if str(e.get("eventName", "")).startswith("CreateFunction") and not e.get("errorCode")}
+        mine = self.mine(events)
+        theirs = [e for e in mine if _name(str(request(e).get("functionName", ""))) in created]
+        out = [Verdict(event_id(e), "contained", f"function {_name(str(request(e)['functionName']))} was created by "
+                                                 "the attacker: it is throttled to 0 (lambda.throttle-attacker-"
+                                                 "functions), there is no earlier code to return to")
+               for e in theirs]
+        return out + self.assess(ctx, [e for e in mine if e not in theirs])
+
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
         start = ctx.incident.window_start_dt
         out = []

@@ -72,8 +72,12 @@ class UndoAction(Action[EventsParams]):
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
         """One verdict per event (reads only): contained with the changes, manual, or nothing to do."""
 
+    def verdicts(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
+        """Verdicts for the events this action handles, among all the attacker's events."""
+        return self.assess(ctx, self.mine(events))
+
     def plan(self, ctx: ActionContext, params: EventsParams) -> Plan:
-        verdicts = self.assess(ctx, self.mine(params.events))
+        verdicts = self.verdicts(ctx, params.events)
         changes: dict[str, Change] = {}
         for v in verdicts:
             for c in v.changes:
@@ -176,7 +180,7 @@ class TriageAttackerActivity(Action[TriageParams]):
                                                     _review(e, resource_of(e)))
                 continue
             action = cls()
-            for v in action.assess(ctx, handled):
+            for v in action.verdicts(ctx, events):
                 verdicts[v.event_id] = Verdict(v.event_id, v.outcome, v.why, v.instruction)
                 if v.outcome == "contained":
                     verdicts[v.event_id].why = f"{v.why} (action {handler})"

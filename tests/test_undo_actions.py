@@ -358,3 +358,13 @@ def test_a_deleted_trail_is_manual_and_a_gone_function_needs_nothing(aws: boto3.
     [fn] = lambda_.ThrottleAttackerFunctions().assess(context(aws), [ev("lambda:CreateFunction20150331",
                                                                         {"functionName": "gone"})])
     assert fn.outcome == "no_action_needed"
+
+
+def test_code_changes_to_a_function_the_attacker_created_are_covered_by_throttling(aws: boto3.Session) -> None:
+    function(aws, "dropper")
+    created = ev("lambda:CreateFunction20150331", {"functionName": "dropper"})
+    changed = ev("lambda:UpdateFunctionCode20150331v2", {"functionName": "dropper"})
+    action = lambda_.PinAliasesToEarlierVersions()
+    [verdict] = action.verdicts(context(aws), [created, changed])
+    assert verdict.outcome == "contained" and "throttled" in verdict.why
+    assert plan(action, context(aws), {"events": [created, changed]}).changes == []
