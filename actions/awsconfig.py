@@ -33,8 +33,7 @@ class StartRecorders(UndoAction):
 
     name = "config.start-recorders"
     summary = "Start AWS Config recorders the attacker stopped (previous state recorded)"
-    permissions = ("config:DescribeConfigurationRecorderStatus", "config:StartConfigurationRecorder",
-                   "config:StopConfigurationRecorder")
+    permissions = ("config:DescribeConfigurationRecorderStatus", "config:StartConfigurationRecorder")
     reverts = {"config:StartConfigurationRecorder": ("config:StopConfigurationRecorder",)}
 
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:

@@ -56,7 +56,7 @@ class RestoreLogging(UndoAction):
     name = "cloudtrail.restore-logging"
     summary = "Start logging again on trails the attacker stopped; restore full management-event selectors"
     permissions = ("cloudtrail:GetTrailStatus", "cloudtrail:GetEventSelectors", "cloudtrail:StartLogging",
-                   "cloudtrail:StopLogging", "cloudtrail:PutEventSelectors")
+                   "cloudtrail:PutEventSelectors")
     reverts = {"cloudtrail:StartLogging": ("cloudtrail:StopLogging",),
                "cloudtrail:PutEventSelectors": ("cloudtrail:PutEventSelectors",)}
 

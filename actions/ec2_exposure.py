@@ -94,7 +94,7 @@ class RevokeAttackerIngress(UndoAction):
 
     name = "ec2.revoke-attacker-ingress"
     summary = "Revoke security-group ingress rules the attacker added (only those; each rule recorded)"
-    permissions = ("ec2:DescribeSecurityGroups", "ec2:RevokeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupIngress")
+    permissions = ("ec2:DescribeSecurityGroups", "ec2:RevokeSecurityGroupIngress")
     reverts = {"ec2:RevokeSecurityGroupIngress": ("ec2:AuthorizeSecurityGroupIngress",)}
 
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:

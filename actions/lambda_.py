@@ -76,7 +76,7 @@ class RemoveAttackerPermissions(UndoAction):
 
     name = "lambda.remove-attacker-permissions"
     summary = "Remove Lambda resource-policy statements the attacker added (statement recorded)"
-    permissions = ("lambda:GetPolicy", "lambda:RemovePermission", "lambda:AddPermission")
+    permissions = ("lambda:GetPolicy", "lambda:RemovePermission")
     reverts = {"lambda:RemovePermission": ("lambda:AddPermission",)}
 
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
@@ -146,8 +146,7 @@ class ThrottleAttackerFunctions(UndoAction):
 
     name = "lambda.throttle-attacker-functions"
     summary = "Set reserved concurrency 0 on Lambda functions the attacker created (previous value recorded)"
-    permissions = ("lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency",
-                   "lambda:DeleteFunctionConcurrency")
+    permissions = ("lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency")
     reverts = {"lambda:PutFunctionConcurrency": ("lambda:PutFunctionConcurrency", "lambda:DeleteFunctionConcurrency")}
 
     def assess(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:
@@ -214,7 +213,7 @@ class PinAliasesToEarlierVersions(UndoAction):
 
     name = "lambda.pin-aliases-to-earlier-versions"
     summary = "Point Lambda aliases back to the last version published before the incident window"
-    permissions = ("lambda:ListVersionsByFunction", "lambda:ListAliases", "lambda:GetAlias", "lambda:UpdateAlias")
+    permissions = ("lambda:ListVersionsByFunction", "lambda:ListAliases", "lambda:UpdateAlias")
     reverts = {"lambda:UpdateAlias": ("lambda:UpdateAlias",)}
 
     def verdicts(self, ctx: ActionContext, events: list[dict[str, Any]]) -> list[Verdict]:

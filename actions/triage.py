@@ -55,7 +55,8 @@ class UndoAction(Action[EventsParams]):
 
     params_model = EventsParams
     risk = "reversible"
-    #: operation this action applies -> the operations that roll it back (applied by this action too)
+    #: operation this action applies -> the operations that roll it back (applied by this action too,
+    #: but only on behalf of rollback.revert, which declares their permissions: containment never needs them)
     reverts: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def mine(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -368,3 +368,20 @@ def test_code_changes_to_a_function_the_attacker_created_are_covered_by_throttli
     [verdict] = action.verdicts(context(aws), [created, changed])
     assert verdict.outcome == "contained" and "throttled" in verdict.why
     assert plan(action, context(aws), {"events": [created, changed]}).changes == []
+
+
+def test_rollback_declares_what_undoing_each_undo_needs_and_containment_does_not() -> None:
+    from actions.registry import builtin_registry
+    from actions.rollback import RevertChanges
+
+    undo = [cls for cls in builtin_registry().all() if issubclass(cls, UndoAction)]
+    assert len(undo) >= 12
+    for cls in undo:
+        for forward, inverses in cls.reverts.items():
+            assert forward in cls.permissions, (cls.name, forward)
+            for op in inverses:
+                assert op in RevertChanges.permissions, (cls.name, op)
+    # containment's role never holds the writes that would re-open what it closes
+    granted = {p for cls in undo for p in cls.permissions}
+    assert not granted & {"lambda:AddPermission", "ec2:AuthorizeSecurityGroupIngress", "cloudtrail:StopLogging",
+                          "config:StopConfigurationRecorder", "lambda:DeleteFunctionConcurrency"}
