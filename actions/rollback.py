@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.common import is_code, paginate, tolerant_call
 from actions.registry import register
+from actions.triage import UndoAction
 
 NOT_REVERSIBLE = {
     "iam:DeleteLoginProfile": "the console password of {UserName} was deleted; if the user is legitimate, create a "
@@ -26,6 +27,35 @@ NOT_REVERSIBLE = {
 }
 
 
+# ------------------------------------------------------------------ attacker-persistence undo actions
+#: what rollback needs to put back what the undo actions (actions/triage.py UndoAction) removed
+UNDO_PERMISSIONS = (
+    "lambda:GetPolicy", "lambda:AddPermission", "lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency",
+    "lambda:DeleteFunctionConcurrency", "lambda:GetAlias", "lambda:UpdateAlias", "ec2:DescribeSecurityGroups",
+    "ec2:AuthorizeSecurityGroupIngress", "ec2:DescribeImages", "ec2:DescribeImageAttribute", "ec2:ModifyImageAttribute",
+    "ec2:DescribeSnapshotAttribute", "ec2:ModifySnapshotAttribute", "rds:DescribeDBSnapshotAttributes",
+    "rds:ModifyDBSnapshotAttribute", "rds:DescribeDBClusterSnapshotAttributes", "rds:ModifyDBClusterSnapshotAttribute",
+    "s3:GetBucketPolicy", "s3:PutBucketPolicy", "cloudtrail:GetTrailStatus", "cloudtrail:StopLogging",
+    "cloudtrail:GetEventSelectors", "cloudtrail:PutEventSelectors", "guardduty:GetDetector",
+    "guardduty:UpdateDetector", "config:DescribeConfigurationRecorderStatus", "config:StopConfigurationRecorder",
+)
+
+
+def undo_actions(*, forward: bool) -> dict[str, UndoAction]:
+    """Operation -> the undo action that owns it: the operations it applies (`forward`), or the
+    operations that roll them back (applied and checked by the same action)."""
+    from actions.registry import builtin_registry
+
+    out: dict[str, UndoAction] = {}
+    for cls in builtin_registry().all():
+        if issubclass(cls, UndoAction):
+            action = cls()
+            for op, inverses in cls.reverts.items():
+                for name in [op] if forward else inverses:
+                    out[name] = action
+    return out
+
+
 class RevertParams(Params):
     run_id: str
     changes: list[dict[str, Any]]
@@ -36,6 +66,9 @@ class RevertParams(Params):
 def inverse(c: dict[str, Any]) -> Change | str | None:
     """The change that undoes `c`, a sentence for what only a person can undo, or None."""
     op, p, prev, target = c["operation"], c["params"], c.get("previous") or {}, c["target"]
+    undo = undo_actions(forward=True).get(op)
+    if undo is not None:
+        return undo.inverse(c)
     why = f"undo {op} of run change"
     if op == "iam:UpdateAccessKey":
         return Change(op, target, {**p, "Status": prev.get("Status", "Active")}, previous={"Status": p["Status"]},
@@ -83,7 +116,7 @@ class RevertChanges(Action[RevertParams]):
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
                    "sts:AssumeRole", "organizations:ListPolicies", "organizations:ListPoliciesForTarget",
-                   "organizations:DetachPolicy")
+                   "organizations:DetachPolicy", *UNDO_PERMISSIONS)
     risk = "reversible"
     ordered = True
 
@@ -101,6 +134,9 @@ class RevertChanges(Action[RevertParams]):
 
     def _already(self, ctx: ActionContext, c: Change) -> bool:
         """True when live state already matches what the inverse change would set."""
+        undo = undo_actions(forward=False).get(c.operation)
+        if undo is not None:
+            return undo.restored(ctx, c)
         iam = ctx.aws.client("iam")
         p = c.params
         try:
@@ -152,6 +188,9 @@ class RevertChanges(Action[RevertParams]):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         op, p = change.operation, change.params
+        undo = undo_actions(forward=False).get(op)
+        if undo is not None:
+            return undo.apply(ctx, change)
         if op.startswith("ecs:"):
             return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).update_service, p,
                                  "ServiceNotFoundException", "ServiceNotActiveException")

@@ -561,6 +561,9 @@ class Engine:
         scope = self._template_scope().get("scope")
         if scope is not None:
             doc["scope"] = scope
+        activity = self._template_scope().get("attacker_activity")
+        if activity is not None:
+            doc["attacker_activity"] = activity.get("activity", [])
         for step in self.playbook.steps:
             captured = self.states[step.id].plan
             if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):

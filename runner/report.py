@@ -105,6 +105,8 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
     for a in actions:
         timeline.append({"time": a["time"], "who": "stanch", "what": f"{a['operation']}: {a['what'] or a['target']}",
                          "source": "stanch"})
+    activity = result.get("attacker_activity") or []
+    timeline += _blind_periods(activity, actions)
     timeline = sorted((t for t in timeline if _ts(t["time"])), key=lambda t: _ts(t["time"]))  # type: ignore[arg-type,return-value]
     timeline = list({(t["time"], t["what"]): t for t in timeline}.values())
 
@@ -179,7 +181,7 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
         "run_id": run_id, "incident_id": run.incident_id, "account_id": incident["account_id"],
         "region": incident["region"], "playbook": run.playbook, "status": result.get("status"),
         "executive_summary": executive, "risk": {"level": level, "reasons": reasons},
-        "timeline": timeline,
+        "timeline": timeline, "attacker_activity": activity,
         "in_scope": {"users": users, "groups": groups, "roles": [r["name"] for r in scope.get("roles", [])],
                      "access_keys": [k["id"] for k in scope.get("access_keys", [])],
                      "ecs_services": services, "root_access_key": root_key},
@@ -188,6 +190,27 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
         "hardening_facts": facts, "evidence": {**(result.get("evidence") or {}), "gaps": gaps},
         "recommendations": _recommendations(facts, root_key),
     }
+
+
+def _blind_periods(activity: list[dict[str, Any]], actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Timeline entries for the time logging or detection was off because of the attacker: from its
+    call until this run's change that restored it, or still open."""
+    out = []
+    for a in activity:
+        blind = a.get("blind_period")
+        if not blind:
+            continue
+        ended = [x["time"] for x in actions if blind.get("ended_by") and x["operation"] == blind["ended_by"]
+                 and x["time"] and str(x["target"]).rsplit("/", 1)[-1] == str(a["resource"]).rsplit("/", 1)[-1]]
+        until = f"until {min(ended)} (restored by this run)" if ended else "still open: a person must restore it" \
+            if not blind.get("ended_by") else "still open: the step restoring it has not been applied"
+        blind["until"] = min(ended) if ended else None
+        what = f"BLIND PERIOD from {a['event'].split(':')[-1]} on {a['resource']}, {until}"
+        out.append({"time": blind["from"], "who": "attacker", "source": "CloudTrail", "what": what})
+        if ended:
+            out.append({"time": min(ended), "who": "stanch", "source": "stanch",
+                        "what": f"BLIND PERIOD ends: {a['resource']} restored"})
+    return out
 
 
 def _executive(root_key: str | None, users: list[str], groups: list[str], services: list[str], images: list[str],
@@ -253,6 +276,7 @@ def render_markdown(r: dict[str, Any]) -> str:
            "## Executive summary", "", r["executive_summary"], "",
            "## What happened", "", "| time (UTC) | who | what | source |", "|---|---|---|---|"]
     out += [f"| {t['time']} | {_md(t['who'])} | {_md(t['what'])} | {t['source']} |" for t in r["timeline"]]
+    out += _attacker_section(r.get("attacker_activity") or [])
     out += ["", f"## Risk level: {r['risk']['level'].capitalize()}", ""]
     out += [f"- {x}" for x in r["risk"]["reasons"]] or ["- no aggravating factors found"]
     out += ["", "## Actions taken", ""]
@@ -278,6 +302,28 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"`{ev.get('manifest_sha256', '-')}`. Check it with `stanch evidence verify PATH`."]
     out += [f"- gap: {g['source']}: {_md(g['reason'])}" for g in ev.get("gaps", [])]
     return "\n".join(out) + "\n"
+
+
+def _attacker_section(activity: list[dict[str, Any]]) -> list[str]:
+    """What the attacker did: every attributed call in time order, its outcome and ATT&CK id."""
+    out = ["", "## What the attacker did", ""]
+    if not activity:
+        return [*out, "No attributed attacker activity beyond the timeline above."]
+    counts: dict[str, int] = {}
+    for a in activity:
+        counts[a["outcome"]] = counts.get(a["outcome"], 0) + 1
+    out += [", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items())) + ".", "",
+            "| time (UTC) | call | resource | ATT&CK | outcome | why / what to do | event |",
+            "|---|---|---|---|---|---|---|"]
+    for a in activity:
+        text = a["instruction"] if a["outcome"] in ("manual", "exposed") and a.get("instruction") else a["why"]
+        if a.get("blind_period"):
+            blind = a["blind_period"]
+            text += f" Blind period from {blind['from']} until {blind.get('until') or 'now (still open)'}."
+        out.append(f"| {a['time']} | {_md(a['event'])} | {_md(a['resource'] or '-')} | "
+                   f"{a['technique_id'] or '-'} {_md(a['technique'])} | **{a['outcome'].replace('_', ' ')}** | "
+                   f"{_md(text)} | {_md(a['event_id'])} |")
+    return out
 
 
 def _md(text: Any) -> str:
