@@ -1,7 +1,7 @@
 """Undo precisely what the attacker changed on identities it does not own.
 
 When the compromised credentials attach AdministratorAccess to a legitimate user, put an inline
-`*` policy on it, give it a console password, add it to an admin group, register an MFA device
+`*` policy on it, add it to an admin group, register an MFA device
 for it or assume a role that existed before, containment reverses exactly those changes (each
 proven by a CloudTrail event) and leaves the owner's own keys, groups and password alone. Sessions
 the attacker obtained are revoked with an `aws:TokenIssueTime` deny on the issuing identity, not a
@@ -24,8 +24,8 @@ _KIND = {"user": ("User", "UserName"), "group": ("Group", "GroupName"), "role": 
 
 
 class ReversalRef(Ref):
-    op: Literal["detach-policy", "delete-inline-policy", "remove-from-group", "delete-login-profile",
-                "deactivate-mfa", "revoke-sessions", "manual"]
+    op: Literal["detach-policy", "delete-inline-policy", "remove-from-group", "deactivate-mfa", "revoke-sessions",
+                "manual"]
     kind: Literal["user", "group", "role"]
     name: str
     arn: str
@@ -55,14 +55,13 @@ class UndoAttackerChanges(Action[ReversalParams]):
 
     name = "iam.undo-attacker-changes"
     summary = "Reverse exactly the attacker's changes to existing identities (policy, inline policy, group, " \
-              "password, MFA, sessions)"
+              "MFA, sessions)"
     params_model = ReversalParams
     permissions = ("iam:ListAttachedUserPolicies", "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies",
                    "iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy", "iam:GetUserPolicy",
                    "iam:GetGroupPolicy", "iam:GetRolePolicy", "iam:DeleteUserPolicy", "iam:DeleteGroupPolicy",
                    "iam:DeleteRolePolicy", "iam:PutUserPolicy", "iam:PutRolePolicy", "iam:ListGroupsForUser",
-                   "iam:RemoveUserFromGroup", "iam:GetLoginProfile", "iam:DeleteLoginProfile",
-                   "iam:ListMFADevices", "iam:DeactivateMFADevice")
+                   "iam:RemoveUserFromGroup", "iam:ListMFADevices", "iam:DeactivateMFADevice")
     risk = "reversible"
 
     def plan(self, ctx: ActionContext, params: ReversalParams) -> Plan:
@@ -97,12 +96,6 @@ class UndoAttackerChanges(Action[ReversalParams]):
                     return None
                 return Change("iam:RemoveUserFromGroup", r.arn, {"GroupName": r.group, "UserName": r.name},
                               previous={"MemberOf": r.group}, reason=f"{r.name} added to {r.group} by {why}")
-            if r.op == "delete-login-profile":
-                lp = iam.get_login_profile(UserName=r.name)["LoginProfile"]
-                return Change("iam:DeleteLoginProfile", r.arn, {"UserName": r.name},
-                              previous={"LoginProfile": "present", "CreateDate": str(lp.get("CreateDate")),
-                                        "PasswordResetRequired": lp.get("PasswordResetRequired", False)},
-                              reason=f"console password given to {r.name} by {why}")
             if r.op == "deactivate-mfa" and r.serial:
                 devices = paginate(iam, "list_mfa_devices", "MFADevices", UserName=r.name)
                 if not any(d["SerialNumber"] == r.serial for d in devices):

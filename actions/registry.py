@@ -7,14 +7,10 @@ from typing import Any
 
 from actions.base import Action
 
-<<<<<<< HEAD
 BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.iam_undo", "actions.ecs", "actions.evidence",
-                   "actions.rollback")
-=======
-BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback",
-                   "actions.triage", "actions.iam_persistence", "actions.lambda_", "actions.ec2_exposure",
-                   "actions.rds", "actions.s3", "actions.cloudtrail", "actions.guardduty", "actions.awsconfig")
->>>>>>> wip/persist
+                   "actions.rollback", "actions.triage", "actions.iam_persistence", "actions.lambda_",
+                   "actions.ec2_exposure", "actions.rds", "actions.s3", "actions.cloudtrail", "actions.guardduty",
+                   "actions.awsconfig")
 
 
 class Registry:

@@ -382,13 +382,8 @@ def _reversal(edge: Edge, kind: str, name: str, arn: str, graph: Attribution) ->
         return {**base, "op": "delete-inline-policy", "policy_name": d["policy_name"]}
     if edge.kind == "added-to-group" and d.get("group"):
         return {**base, "op": "remove-from-group", "group": d["group"]}
-    if edge.kind == "created" and edge.target_kind == "login_profile":
-        return {**base, "op": "delete-login-profile"}
-    if edge.kind == "changed" and edge.target_kind == "login_profile":
-        return {**base, "op": "manual", "instructions": (
-            f"The attacker changed the console password of existing user {name} ({edge.proof}). Its owner must "
-            f"set a new password (IAM console > Users > {name} > Security credentials > Manage console access), "
-            "and check the account's recent console sign-ins.")}
+    # a console password the attacker gave or changed is handled by iam.delete-attacker-login-profiles
+    # and the triage (evidence first; a changed password is its owner's to reset)
     if edge.kind == "mfa" and d.get("serial"):
         return {**base, "op": "deactivate-mfa", "serial": d["serial"]}
     if edge.kind == "trust-policy":

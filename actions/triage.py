@@ -109,6 +109,11 @@ class TriageParams(Params):
     roles: list[RoleRef] = []
     access_keys: list[AccessKeyRef] = []
     ecs_services: list[ServiceItem] = []
+    #: discovery's precise reversals of attacker changes to identities it does not own (and the
+    #: escalated ones, applied by a gated step): the events they undo are contained
+    reversals: list[dict[str, Any]] = []
+    #: attributed identities named like protected ones: contained by the gated contain-escalated step
+    escalated: dict[str, Any] = {}
 
 
 @dataclass
@@ -118,6 +123,7 @@ class _Scope:
     roles: set[str]
     keys: set[str]
     services: list[ServiceItem]
+    reversed: dict[str, str] = field(default_factory=dict)
 
 
 #: attacker calls that blind the account's logging or detection -> the operation that ends the blind period
@@ -144,9 +150,16 @@ class TriageAttackerActivity(Action[TriageParams]):
                    "config:DescribeConfigurationRecorderStatus")
 
     def plan(self, ctx: ActionContext, params: TriageParams) -> Plan:
-        scope = _Scope(users={u.name for u in params.users}, groups={g.name for g in params.groups},
-                       roles={r.name for r in params.roles}, keys={k.id for k in params.access_keys},
-                       services=list(params.ecs_services))
+        esc = params.escalated
+        scope = _Scope(users={u.name for u in params.users} | {str(u.get("name")) for u in esc.get("users", [])},
+                       groups={g.name for g in params.groups} | {str(g.get("name")) for g in esc.get("groups", [])},
+                       roles={r.name for r in params.roles} | {str(r.get("name")) for r in esc.get("roles", [])},
+                       keys={k.id for k in params.access_keys} | {str(k.get("id")) for k in esc.get("access_keys", [])},
+                       services=list(params.ecs_services),
+                       reversed={str(r["event_id"]): str(r["op"]) for r in params.reversals
+                                 if r.get("event_id") and r.get("op") != "manual"}
+                       | {str(r["event_id"]): str(r["op"]) for r in esc.get("reversals", [])
+                          if r.get("event_id") and r.get("op") != "manual"})
         events = sorted(params.events, key=lambda e: str(e.get("eventTime", "")))
         verdicts: dict[str, Verdict] = {}
         by_handler: dict[str, list[dict[str, Any]]] = {}
@@ -250,14 +263,21 @@ def _decide_scoped(ctx: ActionContext, e: dict[str, Any], t: Technique, resource
             return Verdict(eid, "no_action_needed", f"{kind} {who} no longer exists")
         return None
 
+    if eid in scope.reversed:
+        return Verdict(eid, contained, f"undone precisely ({scope.reversed[eid]}) by the undo-attacker-changes "
+                                       "step; the identity's own access is left as it was")
+
     if name in ("CreateUser", "CreateAccessKey", "UpdateLoginProfile", "AddUserToGroup", "AttachUserPolicy",
                 "PutUserPolicy"):
         user = str(req.get("userName") or _dig_key(e) or "")
         key_id = str(((response(e).get("accessKey") or {}) if isinstance(response(e).get("accessKey"), dict)
                       else {}).get("accessKeyId", ""))
-        if user in scope.users or (key_id and key_id in scope.keys):
+        if user in scope.users:
             return Verdict(eid, contained, f"user {user} is in scope: its keys are deactivated, its console password "
                                            "removed and a deny-all quarantine policy attached")
+        if key_id and key_id in scope.keys:
+            return Verdict(eid, contained, f"access key {key_id} that the attacker created for {user} is deactivated; "
+                                           "the user's own keys are left alone")
         if (v := gone("user", user)) is not None:
             return v
         steps = {
@@ -323,7 +343,7 @@ def _decide_scoped(ctx: ActionContext, e: dict[str, Any], t: Technique, resource
     if t.kind == "session":
         return _decide_session(e, name, scope)
     if t.kind == "ecs":
-        cluster = str(req.get("cluster") or "default").rsplit("/", 1)[-1]
+        cluster = str(req.get("cluster") or req.get("clusterName") or "default").rsplit("/", 1)[-1]
         covered = any(s.name == resource or (s.cluster == cluster and name in ("RunTask", "CreateCluster"))
                       or (name == "RegisterTaskDefinition" and f"/{resource}:" in s.task_definition)
                       for s in scope.services)
