@@ -317,7 +317,7 @@ def hardening_facts(summary_map: dict[str, Any] | None, posture: dict[str, Any] 
         holders = posture.get("admin_holders", {})
         named = [f"{kind} {n}" for kind in ("user", "group", "role") for n in holders.get(f"{kind}s", [])
                  if (kind, n) not in attacker]
-        fact("Principals holding AdministratorAccess (each needs a reason)", ", ".join(named) or "none",
+        fact("Principals holding AdministratorAccess", ", ".join(named) or "none",
              "review" if named else "ok")
         patterns = " ".join(str(r.get("pattern") or "") for r in posture.get("eventbridge_rules", [])
                             if r.get("state") == "ENABLED")
