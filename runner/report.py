@@ -97,7 +97,7 @@ def build_report(ref: str, state: Path) -> dict[str, Any]:
     incident = basis.record.incident
     result = basis.result
     scope = result.get("scope") or {}
-    bundle = _bundle(result)
+    bundle = _bundle(result, state)
     config = load_config(basis.record.options.get("config"))
     registry = builtin_registry()
 
@@ -123,7 +123,7 @@ def build_report(ref: str, state: Path) -> dict[str, Any]:
             })
     actions.sort(key=lambda a: a["time"] or "")
 
-    ecs_docs = _ecs_docs([_bundle(h.result) for h in containment] or [bundle])
+    ecs_docs = _ecs_docs([_bundle(h.result, state) for h in containment] or [bundle])
     lookup = (_load(bundle / "cloudtrail" / "lookup-events.json") or {}) if bundle else {}
     activity = _activity(result)
     steps = attacker_steps(incident, scope, ecs_docs, activity)
@@ -167,9 +167,15 @@ def build_report(ref: str, state: Path) -> dict[str, Any]:
     }
 
 
-def _bundle(result: dict[str, Any]) -> Path | None:
+def _bundle(result: dict[str, Any], state: Path) -> Path | None:
+    """The run's bundle as an absolute path (runs before 0.2 recorded it relative to the state directory's cwd)."""
     path = (result.get("evidence") or {}).get("path")
-    return Path(path).resolve() if path else None
+    if not path:
+        return None
+    bundle = Path(path)
+    if not bundle.is_absolute():
+        bundle = state.resolve() / "evidence" / str(result.get("incident_id")) / str(result.get("run_id"))
+    return bundle
 
 
 def _ecs_docs(bundles: list[Path | None]) -> list[dict[str, Any]]:

@@ -97,7 +97,8 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
                       playbook=playbook.name, dry_run=options.dry_run)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
                     journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
-                    options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id)
+                    options=options, prompt=prompt,
+                    evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id)
     result = engine.execute(resume=resume)
     return Outcome(result, exit_code(result["status"]))
 
