@@ -34,7 +34,7 @@ def summarize_error(text: Any) -> str:
     raw = str(text)
     m = _BOTO.search(raw)
     if m:
-        return clean_message(f"{m['op']} {m['code']}: {m['msg']}")
+        return f"{m['op']} {m['code']}: {clean_message(m['msg'])}"
     return clean_message(raw)
 
 

@@ -79,6 +79,7 @@ def console(stream: TextIO | None = None, *, color: bool = True) -> Console:
     """A rich console on `stream` (default: the current sys.stdout, which tests replace)."""
     file = stream if stream is not None else sys.stdout
     tty = file.isatty() if hasattr(file, "isatty") else False
+    color = color and "NO_COLOR" not in os.environ
     if not tty:
         file = cast(TextIO, _TrimmedLines(file))
     return Console(file=file, no_color=not color or not tty, highlight=False, emoji=False,
