@@ -287,8 +287,10 @@ def _executive(incident: dict[str, Any], scope: dict[str, Any], images: list[str
                  "like ordinary workloads. This is cryptojacking: it uses your computing power for the attacker's "
                  "profit, at your expense.")
     if cost.get("total") is not None and cost.get("items"):
-        text += (f" We estimate the mining cost about {cost['currency']} {cost['total']:.2f} so far "
-                 "(see 'Estimated cost'; your bill is authoritative).")
+        amount = f"about {cost['currency']} {cost['total']:.2f}" if cost["total"] >= 0.01 else \
+            f"less than {cost['currency']} 0.01"
+        text += (f" We estimate the mining cost {amount} so far, from the miner's size and running time "
+                 "(see 'Estimated cost of the mining'; your bill is authoritative).")
     parts = []
     if counts["credential_changes"]:
         parts.append(f"{counts['credential_changes']} change(s) cut off the attacker's credentials")
