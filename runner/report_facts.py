@@ -127,7 +127,8 @@ def attacker_steps(incident: dict[str, Any], scope: dict[str, Any], ecs_docs: li
                 what += f" in {len(regions)} regions ({', '.join(regions)})"
         steps.append({"time": step["time"], "what": what, "meaning": phase.meaning,
                       "calls": step["calls"][:12], "techniques": [t.to_json() for t in techniques]})
-    return steps
+    # in the order the attacker went; a step only the scope shows (no time) keeps its place in the chain
+    return sorted(steps, key=lambda s: _ts(s["time"]) or datetime.max.replace(tzinfo=UTC))
 
 
 def _looks_like_miner(name: str) -> bool:
