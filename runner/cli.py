@@ -390,7 +390,7 @@ def status(
     no_color: NoColorOpt = False,
 ) -> None:
     """Show one run (steps, changes, approvals) or a table of recent runs."""
-    from runner.lifecycle import STATES
+    from runner.lifecycle import NOT_CONTAINED, STATES
     from runner.service import list_runs, run_status
     from runner.service import state_dir as resolve_state
 
@@ -408,7 +408,7 @@ def status(
         render_run_list(out, doc)
     else:
         render_run(out, doc)
-    if isinstance(doc, dict) and doc.get("status") in ("cancelled", "failed", "partially_contained"):
+    if isinstance(doc, dict) and doc.get("status") in NOT_CONTAINED:
         raise typer.Exit(EXIT_NOT_CONTAINED)
 
 
