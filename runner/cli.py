@@ -402,13 +402,11 @@ def status(
                                                                   status=run_status_filter)
     if output is Output.json:
         print_json(doc)
-        return
-    out = console(sys.stdout, color=wants_color(no_color))
-    if isinstance(doc, list):
-        render_run_list(out, doc)
+    elif isinstance(doc, list):
+        render_run_list(console(sys.stdout, color=wants_color(no_color)), doc)
     else:
-        render_run(out, doc)
-    if isinstance(doc, dict) and doc.get("status") in NOT_CONTAINED:
+        render_run(console(sys.stdout, color=wants_color(no_color)), doc)
+    if isinstance(doc, dict) and doc.get("status") in NOT_CONTAINED:  # one run: its exit code, as `run` gave
         raise typer.Exit(EXIT_NOT_CONTAINED)
 
 

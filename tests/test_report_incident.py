@@ -53,7 +53,8 @@ def test_cancelled_run_is_its_own_status_with_its_reason(life: dict[str, Any]) -
     shown = cli("status", run1, "--state-dir", state)
     assert shown.exit_code == 1
     assert "status: cancelled" in shown.stdout and "wrong config; starting over" in shown.stdout
-    assert json.loads(cli("status", run1, "-o", "json", "--state-dir", state).stdout)["status"] == "cancelled"
+    as_json = cli("status", run1, "-o", "json", "--state-dir", state)
+    assert as_json.exit_code == 1 and json.loads(as_json.stdout)["status"] == "cancelled"
     again = cli("cancel", run1, "--state-dir", state)
     assert again.exit_code == 2 and "already cancelled" in again.output
 
@@ -219,7 +220,20 @@ def test_incident_report_shows_every_run_in_order_and_counts_match_the_journal(l
                    "regions you do not use", "Budgets", "Cost Anomaly Detection", "AWS Support"):
         assert needle in recs, needle
 
+    assert cli("evidence", "verify", run2, "--state-dir", state).exit_code == 0  # a run id names its bundle
+
+    # what another part of stanch attributes to the attacker rides in the run document and is shown
+    db = sqlite3.connect(Path(state) / "journal.sqlite3")
+    with db:
+        doc = json.loads(db.execute("SELECT result FROM runs WHERE run_id=?", (run2,)).fetchone()[0])
+        doc["attacker_activity"] = [{"time": "2026-11-20T10:02:00Z", "event": "ecs:RunTask", "actor": "user:svc-metrics",
+                                     "source_ip": "192.0.2.77", "user_agent": "aws-cli/2.13.1 md/Botocore",
+                                     "country": "NL", "detail": "analytics/etl-batch x 4"}]
+        db.execute("UPDATE runs SET result=? WHERE run_id=?", (json.dumps(doc), run2))
+    db.close()
     md = cli("report", life["incident"]["id"], "--state-dir", state).stdout
+    assert "### Attacker activity (CloudTrail)" in md and "analytics/etl-batch x 4" in md
+    assert "aws-cli/2.13.1 md/Botocore" in md and "192.0.2.77" in md and "Locations: NL" in md
     for needle in ("## What the attacker did", "T1496.001", "## Runs", "cancelled: wrong config; starting over",
                    f"reverts {run2}", "restorable by a person", "## Estimated cost of the mining"):
         assert needle in md, needle
