@@ -252,9 +252,11 @@ def render_run_list(out: Console, runs: list[dict[str, Any]]) -> None:
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("run", "status", "incident", "playbook", "dry run", "started (UTC)", "updated (UTC)"):
         table.add_column(col, no_wrap=True)
+    table.add_column("note", overflow="fold")
     for r in runs:
         table.add_row(r["run_id"], styled(r["status"]), r["incident_id"], r["playbook"],
-                      "yes" if r["dry_run"] else "", r["created_at"], r["updated_at"])
+                      "yes" if r["dry_run"] else "", r["created_at"], r["updated_at"],
+                      f"cancelled: {r['reason']}" if r.get("reason") else "")
     out.print(table)
 
 

@@ -73,6 +73,7 @@ def test_status_is_a_table_filtered_by_incident_and_status(life: dict[str, Any])
     header = next(line for line in table.splitlines() if line.strip()).split()
     assert header[:3] == ["run", "status", "incident"]
     assert life["run1"] in table and life["run2"] in table
+    assert "cancelled: wrong config; starting over" in table
     only = cli("status", "--status", "awaiting_approval", "--state-dir", state, "-o", "json")
     assert [r["run_id"] for r in json.loads(only.stdout)] == [life["run2"]]
     cancelled = json.loads(cli("status", "--status", "cancelled", "-o", "json", "--state-dir", state).stdout)
