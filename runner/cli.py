@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from functools import wraps
 from pathlib import Path
@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
+from rich.console import Console
 
 from actions.base import Plan
 from runner import __version__
@@ -37,7 +38,7 @@ app = typer.Typer(
     help="Contain AWS incidents with reviewed, journaled, reversible playbooks.\n\n"
          "Typical use: `stanch run incident.json --dry-run` to see the plan and why each resource is in "
          "scope, then `stanch run incident.json` to contain (gated steps ask for approval).\n\n"
-         "Exit codes: 0 contained or dry-run planned; 1 partially contained or failed; 2 bad input (nothing "
+         "Exit codes: 0 contained or dry-run planned; 1 partially contained, failed or cancelled; 2 bad input (nothing "
          "changed); 3 paused awaiting approval; 4 refused by a guardrail or another run holds the incident; "
          "5 needs a manual action.",
 )
@@ -109,7 +110,7 @@ def _ui(ctx: typer.Context, quiet: bool = False, verbose: bool = False, no_color
     return UiOptions(color=base.color and wants_color(no_color), verbosity=verbosity)
 
 
-def out_console(ui: UiOptions) -> Any:
+def out_console(ui: UiOptions) -> Console:
     return console(sys.stdout, color=ui.color)
 
 
@@ -122,9 +123,18 @@ def terminal_prompt(step: Step, plan: Plan) -> bool:
     return typer.confirm("Apply these changes?", default=False, err=True)
 
 
-def _prompt() -> Callable[[Step, Plan], bool] | None:
-    """Ask at the terminal when there is one; otherwise gated steps pause the run."""
-    return terminal_prompt if sys.stdin.isatty() and sys.stderr.isatty() else None
+def _prompt(log: LogStream | None = None) -> Callable[[Step, Plan], bool] | None:
+    """Ask at the terminal when there is one (the progress spinner stops while asking); otherwise
+    gated steps pause the run."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(step: Step, plan: Plan) -> bool:
+        if log is None:
+            return terminal_prompt(step, plan)
+        with log.paused():
+            return terminal_prompt(step, plan)
+    return ask
 
 
 def _finish(outcome: Any, output: Output, ui: UiOptions) -> None:
@@ -199,7 +209,7 @@ def run(
         outcome = start_run(
             inc, playbook_ref=playbook, config_path=config, options=options,
             aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
-            prompt=_prompt(), stream=log,
+            prompt=_prompt(log), stream=log.as_text(),
         )
     _finish(outcome, output, ui)
 
@@ -305,7 +315,8 @@ def resume(
                          reason=reason)
     ui = _ui(ctx, quiet, verbose, no_color)
     with LogStream(ui) as log:
-        outcome = resume_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(), stream=log)
+        outcome = resume_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(log),
+                             stream=log.as_text())
     _finish(outcome, output, ui)
 
 
@@ -351,8 +362,8 @@ def rollback(
     options = RunOptions(dry_run=dry_run, approve_all=approve_all, by=by or default_approver(), reason=why)
     ui = _ui(ctx, quiet, verbose, no_color)
     with LogStream(ui) as log:
-        outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(),
-                               stream=log, steps=step, targets=target)
+        outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(log),
+                               stream=log.as_text(), steps=step, targets=target)
     _finish(outcome, output, ui)
 
 
@@ -429,7 +440,7 @@ def drill(
     ui = _ui(ctx, quiet, verbose, no_color)
     if ui.verbosity >= 2:
         with LogStream(ui) as log:
-            card = run_drill(dry_run=dry_run, state=resolve_state(state_dir), stream=log)
+            card = run_drill(dry_run=dry_run, state=resolve_state(state_dir), stream=log.as_text())
     else:
         with console(sys.stderr, color=ui.color).status("drill: seeding a simulated account and containing it"):
             card = run_drill(dry_run=dry_run, state=resolve_state(state_dir))
@@ -478,9 +489,9 @@ def report(
         typer.echo(text, nl=False)
 
 
-def _refuse_format_as_file(file: Path, formats: Any) -> None:
+def _refuse_format_as_file(file: Path, formats: Iterable[str]) -> None:
     """`-f html` meant the format in older versions: refuse a file named like a format."""
-    if str(file) in formats and not file.exists():
+    if str(file) in set(formats) and not file.exists():
         err(f"stanch: --file {file} looks like a format; give the format with --output {file} "
             f"(and a file name with --file). Nothing was written.")
         raise typer.Exit(EXIT_BAD_INPUT)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
@@ -318,16 +320,31 @@ class LogStream:
         self._lock = threading.Lock()
         self._buf = ""
 
-    def __enter__(self) -> TextIO:
+    def __enter__(self) -> LogStream:
         if self.console.is_terminal:
             self._status = self.console.status("starting…", spinner="dots")
             self._status.start()
-        return cast(TextIO, self)  # a text stream in every way the run log uses (write, flush)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+    def as_text(self) -> TextIO:
+        return cast(TextIO, self)  # a text stream in every way the run log uses (write, flush)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the spinner while a person answers a prompt on the same terminal."""
+        if self._status is None:
+            yield
+            return
+        self._status.stop()
+        try:
+            yield
+        finally:
+            self._status.start()
 
     def _label(self, line: str) -> str:
         parts = line.split(None, 2)
