@@ -161,6 +161,7 @@ def build_report(ref: str, state: Path) -> dict[str, Any]:
                      "root_access_key": root_key},
         "actions_taken": actions, "left_alone": scope.get("excluded", []),
         "manual_actions": result.get("manual_actions", []), "not_done": _not_done(result),
+        "containment": _containment(actions, result, scope),
         "cost_estimate": cost, "hardening_facts": facts,
         "recommendations": recommendations(facts, root_key, bool(scope.get("ecs_services") or scope.get("ecs_tasks"))),
         "evidence": _evidence(result, bundle, actions),
@@ -367,6 +368,58 @@ def _timeline(incident: dict[str, Any], scope: dict[str, Any], ecs_docs: list[di
     return list({(t["time"], t["what"]): t for t in rows}.values())
 
 
+def _containment(actions: list[dict[str, Any]], result: dict[str, Any], scope: dict[str, Any]) -> list[dict[str, Any]]:
+    """The client's immediate-containment checklist, each item with what was done and what is left."""
+    done = [a for a in actions if a["result"] in APPLIED and a["kind"] == "containment"]
+    undone = [a for a in actions if a["result"] in APPLIED and a["kind"] == "rollback"]
+    left = {s["id"] for s in result.get("steps", []) if s["status"] in ("awaiting_approval", "failed", "skipped")}
+
+    def count(*ops: str) -> int:
+        return sum(1 for a in done if a["operation"] in ops)
+
+    def item(what: str, parts: list[str], needed: bool, steps: tuple[str, ...], extra: str = "") -> dict[str, Any]:
+        waiting = sorted(left & set(steps))
+        status = "not needed" if not needed else ("pending" if waiting or not parts else "done")
+        detail = "; ".join(parts) + (f"; not done: {', '.join(waiting)}" if waiting else "") + extra
+        return {"item": what, "status": status, "detail": detail or "nothing in scope"}
+
+    keys = count("iam:UpdateAccessKey")
+    root = scope.get("root") or {}
+    root_manual = any("root" in m["step"] for m in result.get("manual_actions", []))
+    parts = tally((keys, "attacker access key(s) deactivated"))
+    if count("organizations:AttachPolicy"):
+        parts.append("an SCP denies the root user")
+    if count("iam:DeleteAccessKey"):
+        parts.append(f"{count('iam:DeleteAccessKey')} root access key(s) deleted")
+    root_item = item("Revoke all AWS keys, including root", parts, bool(keys or root.get("access_keys_present")),
+                     ("deactivate-keys", "delete-root-keys"))
+    if root_manual:
+        root_item.update(status="pending", detail=root_item["detail"] + "; root key: a manual action for a person")
+    reverted = sum(1 for a in undone if a["operation"] == "ecs:UpdateService")
+    principals = bool(scope.get("users") or scope.get("groups") or scope.get("roles"))
+    return [
+        root_item,
+        item("Disable all newly created IAM users and roles", tally(
+            (count("iam:PutUserPolicy", "iam:PutRolePolicy"), "quarantined with deny-all"),
+            (count("iam:DeleteLoginProfile"), "console password(s) deleted"),
+            (count("iam:DeactivateMFADevice"), "MFA device(s) deactivated"),
+            (count("iam:RemoveUserFromGroup"), "group membership(s) removed")),
+             principals, ("quarantine-principals", "delete-login-profiles", "remove-from-groups")),
+        item("Detach AdministratorAccess", tally(
+            (count("iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy"), "attachment(s) removed")),
+             principals, ("detach-admin-policies",)),
+        item("Stop ECS services and tasks running unauthorized workloads", tally(
+            (count("ecs:UpdateService"), "service(s) scaled to 0"), (count("ecs:StopTask"), "task(s) stopped")),
+             bool(scope.get("ecs_services") or scope.get("ecs_tasks")), ("scale-miner-services", "stop-miner-tasks"),
+             f"; {reverted} service(s) scaled back up by a rollback" if reverted else ""),
+    ]
+
+
+def tally(*counted: tuple[int, str]) -> list[str]:
+    """'3 task(s) stopped' for each non-zero count."""
+    return [f"{n} {what}" for n, what in counted if n]
+
+
 def _not_done(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"step": s["id"], "action": s.get("action", ""), "status": s["status"], "changes": len(s["changes"]),
              "error": summarize_error(s.get("error")) if s.get("error") else None}
@@ -453,8 +506,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         out += ["", "### Not done", ""]
         out += [f"- `{n['step']}` ({n['action']}): {n['status']}, {n['changes']} change(s)"
                 + (f": {_md(n['error'])}" if n.get("error") else "") for n in r["not_done"]]
-    out += ["", "## Recommended remediation", ""]
-    out += [f"{i}. {x}" for i, x in enumerate(r["recommendations"], 1)]
+    out += ["", "## Immediate containment", "", "| | status | what was done |", "|---|---|---|"]
+    out += [f"| {c['item']} | {c['status']} | {_md(c['detail'])} |" for c in r["containment"]]
+    out += ["", "## Recommended remediation"]
+    for group in r["recommendations"]:
+        out += ["", f"### {group['group']}", ""]
+        out += [f"{i}. {x}" for i, x in enumerate(group["items"], 1)]
     out += ["", "### Account facts", "", "| check | finding |", "|---|---|"]
     marks = {"ok": "✅", "warn": "⚠️", "review": "🔎"}
     out += [f"| {f['fact']} | {marks[f['state']]} {_md(f['value'])} |" for f in r["hardening_facts"]]

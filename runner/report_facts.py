@@ -329,9 +329,10 @@ def hardening_facts(summary_map: dict[str, Any] | None, posture: dict[str, Any] 
     return facts
 
 
-def recommendations(facts: list[dict[str, Any]], root_key: str | None, mining: bool) -> list[str]:
+def recommendations(facts: list[dict[str, Any]], root_key: str | None, mining: bool) -> list[dict[str, Any]]:
+    """Follow-ups in the groups of the client's own write-up: credential hygiene, hardening, costs."""
     bad = {f["fact"] for f in facts if f["state"] != "ok"}
-    recs = [
+    hygiene = [
         "Find how the root key" + (f" {root_key}" if root_key else "") + " was exposed (public repositories, .env "
         "files, CI logs, laptops, vendors) using the CloudTrail events in the evidence bundle.",
         "Delete every root access key; the root user should have none. Use IAM roles for automation.",
@@ -339,31 +340,33 @@ def recommendations(facts: list[dict[str, Any]], root_key: str | None, mining: b
         "environment variables, CI variables).",
     ]
     if "Root user MFA" in bad:
-        recs.append("Enable MFA on the root user now, and keep its password and device in a safe place.")
+        hygiene.append("Enable MFA on the root user now, and keep its password and device in a safe place.")
     if "IAM users without MFA" in bad:
-        recs.append("Enforce MFA for every IAM user (deny actions without aws:MultiFactorAuthPresent), or move "
-                    "people to IAM Identity Center.")
+        hygiene.append("Enforce MFA for every IAM user (deny actions without aws:MultiFactorAuthPresent), or move "
+                       "people to IAM Identity Center.")
     if "Active access keys that are old or unused" in bad:
-        recs.append(f"Deactivate unused access keys and rotate keys older than {STALE_DAYS} days.")
-    if any(f.startswith("Principals holding AdministratorAccess") for f in bad):
-        recs.append("Apply least privilege: confirm each AdministratorAccess holder listed below and replace "
-                    "blanket AdministratorAccess with scoped policies.")
-    recs += [
+        hygiene.append(f"Deactivate unused access keys and rotate keys older than {STALE_DAYS} days.")
+    if "Principals holding AdministratorAccess" in bad:
+        hygiene.append("Apply least privilege: confirm each AdministratorAccess holder listed under 'Account facts' "
+                       "and replace blanket AdministratorAccess with scoped policies.")
+    hardening = [
         "Enable Amazon GuardDuty in every region, with Runtime Monitoring for ECS Fargate, EKS and EC2, so a miner "
         "is detected by what it runs, not by its name.",
         "Create an organization trail in AWS CloudTrail (all regions, all accounts) delivered to a separate, "
         "locked-down log archive account.",
         "Use AWS Organizations service control policies to deny actions by the root user of member accounts "
         "(with centralized root access) and to deny the regions you do not use.",
-        "Set AWS Budgets alerts and enable Cost Anomaly Detection, so unexpected compute spend pages someone "
-        "within hours.",
+        "Alert on any root credential use, GetCallerIdentity included (a high-fidelity indicator), and on IAM "
+        "create/attach events (CreateUser, CreateAccessKey, Attach*Policy) with EventBridge rules to your on-call "
+        "channel" + (" (none is set up today)." if {"EventBridge rule watching root use",
+                                                     "EventBridge rule watching IAM changes"} & bad else "."),
     ]
-    if "EventBridge rule watching root use" in bad or "EventBridge rule watching IAM changes" in bad:
-        recs.append("Alert on any root credential use and on IAM create/attach events (CreateUser, "
-                    "CreateAccessKey, Attach*Policy) with EventBridge rules to your on-call channel.")
+    costs = ["Set AWS Budgets alerts and enable Cost Anomaly Detection, so unexpected compute spend pages someone "
+             "within hours."]
     if mining:
-        recs.append("Open a case with AWS Support about the charges caused by the unauthorized usage; they can "
-                    "review it for a billing adjustment.")
-        recs.append("When the investigation is done, run the cryptojacking-eradicate playbook to delete the "
-                    "miner's services, task definitions and empty clusters (each step approval-gated).")
-    return recs
+        costs.append("Open a case with AWS Support about the charges caused by the unauthorized usage; they can "
+                     "review it for a billing adjustment.")
+        costs.append("When the investigation is done, run the cryptojacking-eradicate playbook to delete the "
+                     "miner's services, task definitions and empty clusters (each step approval-gated).")
+    return [{"group": "Credential hygiene & audit", "items": hygiene}, {"group": "Hardening", "items": hardening},
+            {"group": "Costs and clean-up", "items": costs}]

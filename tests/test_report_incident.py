@@ -216,7 +216,15 @@ def test_incident_report_shows_every_run_in_order_and_counts_match_the_journal(l
 
     # evidence is absolute; recommendations cover the hardening a responder adds
     assert Path(r["evidence"]["path"]).is_absolute() and Path(r["evidence"]["path"]).is_dir()
-    recs = " ".join(r["recommendations"])
+    recs = " ".join(x for g in r["recommendations"] for x in g["items"])
+    assert [g["group"] for g in r["recommendations"]] == ["Credential hygiene & audit", "Hardening",
+                                                           "Costs and clean-up"]
+    checklist = {c["item"]: c for c in r["containment"]}
+    revoke = checklist["Revoke all AWS keys, including root"]
+    assert revoke["status"] == "done" and "1 attacker access key(s) deactivated" in revoke["detail"]
+    ecs_item = checklist["Stop ECS services and tasks running unauthorized workloads"]
+    assert ecs_item["status"] == "done" and "1 service(s) scaled to 0" in ecs_item["detail"]
+    assert "1 service(s) scaled back up by a rollback" in ecs_item["detail"]
     for needle in ("GuardDuty", "Runtime Monitoring", "every region", "organization trail", "service control",
                    "regions you do not use", "Budgets", "Cost Anomaly Detection", "AWS Support"):
         assert needle in recs, needle
