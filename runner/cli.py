@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from functools import wraps
 from pathlib import Path
@@ -12,22 +12,34 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
+from rich.console import Console
 
 from runner import __version__
 from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, StanchError
+from runner.playbook import Step
+from runner.ui import (
+    LogStream,
+    UiOptions,
+    change_line,
+    console,
+    render_evidence,
+    render_run,
+    render_run_list,
+    render_scorecard,
+    wants_color,
+)
 
 if TYPE_CHECKING:  # commands import what they use when they run: `--help` loads neither boto3 nor moto
     from actions.base import Plan
-    from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
-    name="stanch", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="stanch", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
     help="Contain AWS incidents with reviewed, journaled, reversible playbooks.\n\n"
          "Typical use: `stanch run incident.json --dry-run` to see the plan and why each resource is in "
          "scope, then `stanch run incident.json` to contain (gated steps ask for approval).\n\n"
-         "Exit codes: 0 contained or dry-run planned; 1 partially contained or failed; 2 bad input (nothing "
+         "Exit codes: 0 contained or dry-run planned; 1 partially contained, failed or cancelled; 2 bad input (nothing "
          "changed); 3 paused awaiting approval; 4 refused by a guardrail or another run holds the incident; "
          "5 needs a manual action.",
 )
@@ -40,10 +52,18 @@ class Output(StrEnum):
     json = "json"
 
 
+# One meaning per flag, everywhere (as in the AWS CLI): --output/-o is a format, --file/-f a file
+# to write. tests/test_cli_flags.py walks every command and fails on a conflict.
 StateDir = Annotated[str | None, typer.Option("--state-dir", help="Journal, audit log and evidence; "
                                               "default $STANCH_STATE_DIR, else ./.stanch")]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people; json prints exactly "
-                                           "the run document on stdout")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people; json prints one JSON "
+                                           "document on stdout (never styled)")]
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Write to this file instead of stdout",
+                                              metavar="FILE")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only failures on stderr (no run log)")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Every log line on stderr, planned "
+                                          "changes and verifications included")]
+NoColorOpt = Annotated[bool, typer.Option("--no-color", help="No colour (also: the NO_COLOR variable)")]
 ApproveOpt = Annotated[list[str] | None, typer.Option("--approve", help="Pre-approve this gated step "
                                                       "(repeatable)", metavar="STEP")]
 ApproveAllOpt = Annotated[bool, typer.Option("--approve-all", help="Pre-approve every gated step")]
@@ -84,112 +104,61 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _ui(ctx: typer.Context, quiet: bool = False, verbose: bool = False, no_color: bool = False) -> UiOptions:
+    """Options given to the command win over those given before it (`stanch -q run ...`)."""
+    base: UiOptions = ctx.obj if isinstance(ctx.obj, UiOptions) else UiOptions(color=wants_color(False))
+    verbosity = 0 if quiet else 2 if verbose else base.verbosity
+    return UiOptions(color=base.color and wants_color(no_color), verbosity=verbosity)
+
+
+def out_console(ui: UiOptions) -> Console:
+    return console(sys.stdout, color=ui.color)
+
+
 def terminal_prompt(step: Step, plan: Plan) -> bool:
     err(f"\nStep '{step.id}' ({step.action}) needs approval. It will make {len(plan.changes)} change(s):")
     for c in plan.changes:
-        prev = f"  (was {json.dumps(c.previous)})" if c.previous else ""
-        err(f"  - {c.operation} {c.target} {json.dumps(c.params)}{prev}")
+        err(f"  - {change_line(c.to_json())}")
         if c.reason:
             err(f"      why: {c.reason}")
     return typer.confirm("Apply these changes?", default=False, err=True)
 
 
-def _prompt() -> Callable[[Step, Plan], bool] | None:
-    """Ask at the terminal when there is one; otherwise gated steps pause the run."""
-    return terminal_prompt if sys.stdin.isatty() and sys.stderr.isatty() else None
+def _prompt(log: LogStream | None = None) -> Callable[[Step, Plan], bool] | None:
+    """Ask at the terminal when there is one (the progress spinner stops while asking); otherwise
+    gated steps pause the run."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+
+    def ask(step: Step, plan: Plan) -> bool:
+        if log is None:
+            return terminal_prompt(step, plan)
+        with log.paused():
+            return terminal_prompt(step, plan)
+    return ask
 
 
-def _finish(outcome: Any, output: Output) -> None:
-    emit(outcome.result, output)
+def _finish(outcome: Any, output: Output, ui: UiOptions) -> None:
+    emit(outcome.result, output, ui)
     raise typer.Exit(outcome.exit_code)
 
 
-def attribution_lines(scope: dict[str, Any]) -> list[str]:
-    """Escalated identities, precise reversals and suspects, each with its reason, for the text plan."""
-    lines: list[str] = []
-    escalated = scope.get("escalated") or {}
-    items = [(k[:-1], i) for k in ("users", "groups", "roles", "access_keys") for i in escalated.get(k, [])]
-    if items or escalated.get("reversals"):
-        lines.append("Escalated (attributed, but named like a protected principal: gated step contain-escalated):")
-        lines += [f"  {kind:<12} {i.get('label', i.get('name', ''))}  -- {i.get('reason', '')}" for kind, i in items]
-        lines += [f"  undo         {r['op']} {r['kind']} {r['name']}  -- {r.get('proof', '')}"
-                  for r in escalated.get("reversals", [])]
-    if scope.get("reversals"):
-        lines.append("Attacker changes to existing identities (undone precisely; owners keep their own access):")
-        for r in scope["reversals"]:
-            what = r.get("policy_arn") or r.get("policy_name") or r.get("group") or r.get("serial") or ""
-            lines.append(f"  {r['op']:<22} {r['kind']} {r['name']} {what}".rstrip() + f"  -- {r.get('proof', '')}")
-    suspects = scope.get("suspects") or {}
-    items = [(k[:-1], i) for k in ("users", "groups", "roles", "access_keys") for i in suspects.get(k, [])]
-    if items:
-        lines.append("SUSPECTS (only inside the window; contained only with --approve contain-suspects):")
-        lines += [f"  {kind:<12} {i.get('label', i.get('name', ''))}  -- {i.get('reason', '')}" for kind, i in items]
-    attribution = scope.get("attribution") or {}
-    if attribution:
-        sources = ", ".join(attribution.get("sources", [])) or "NONE (no CloudTrail source was available)"
-        lines.append(f"Attribution: {attribution.get('attacker_events', 0)} attacker event(s) from {sources}")
-    return lines
+def print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2, default=str))
 
 
-def emit(result: dict[str, Any], output: Output) -> None:
+def emit(result: dict[str, Any], output: Output, ui: UiOptions) -> None:
     if output is Output.json:
-        typer.echo(json.dumps(result, indent=2, default=str))
+        print_json(result)
         return
     err("")
-    status = result["status"]
-    typer.echo(f"run {result['run_id']}  incident {result['incident_id']}  playbook {result['playbook']}"
-               f"{'  (dry run)' if result.get('dry_run') else ''}")
-    scope = result.get("scope")
-    if scope:
-        typer.echo("\nIn scope:")
-        for kind in ("users", "groups", "roles", "access_keys", "ecs_services", "ecs_tasks"):
-            for item in scope.get(kind, []):
-                label = item.get("label", item.get("name", ""))
-                typer.echo(f"  {kind[:-1]:<12} {label}  -- {item.get('reason', '')}")
-        root = scope.get("root") or {}
-        if root.get("access_keys_present"):
-            typer.echo(f"  root key     {root.get('access_key_id') or '(id unknown)'}  -- {root.get('reason', '')}")
-        for line in attribution_lines(scope):
-            typer.echo(line)
-        if scope.get("excluded"):
-            typer.echo("Left alone:")
-            for item in scope["excluded"]:
-                typer.echo(f"  {item['kind']:<12} {item['name']}  -- {item['reason']}")
-    typer.echo("\nSteps:")
-    for step in result["steps"]:
-        gate = "  (approval required)" if step.get("approval") in ("required", "explicit") and step["status"] in (
-            "planned", "awaiting_approval") else ""
-        typer.echo(f"  {step['status']:<18} {step['id']:<28} {step['action']}{gate}")
-        for note in step.get("notes", []):
-            typer.echo(f"      note: {note}")
-        for c in step["changes"]:
-            typer.echo(f"      {c['status']:<13} {c['operation']} {c['target']}")
-        if step.get("error"):
-            typer.echo(f"      error: {step['error']}")
-        for v in step.get("verification", []):
-            typer.echo(f"      verify: {v}")
-    for m in result.get("manual_actions", []):
-        typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
-    metrics = result.get("metrics") or {}
-    if metrics:
-        def secs(key: str) -> str:
-            return "-" if metrics.get(key) is None else f"{metrics[key]} s"
-
-        typer.echo(f"\nAPI calls: {metrics.get('api_calls_total')}  time to first change: "
-                   f"{secs('time_to_first_change_s')}  time to contained: {secs('time_to_contained_s')}")
-    if result.get("error"):
-        typer.echo(f"\nrefused: {result['error']}")
-    typer.echo(f"\nstatus: {status}")
-    if status == "awaiting_approval":
-        waiting = [s["id"] for s in result["steps"] if s["status"] == "awaiting_approval"]
-        for s in waiting:
-            typer.echo(f"  approve: stanch approve {result['run_id']} --step {s} --by NAME --reason TEXT")
-        typer.echo(f"  then:    stanch resume {result['run_id']}")
+    render_run(out_console(ui), result)
 
 
 @app.command()
 @handle_errors
 def run(
+    ctx: typer.Context,
     incident: Annotated[str, typer.Argument(help="Incident file (native JSON), or - for stdin")],
     playbook: Annotated[str | None, typer.Option("--playbook", "-p", help="Playbook name or path; default: "
                                                   "routed from the incident kind by the config")] = None,
@@ -220,6 +189,9 @@ def run(
                                                      "needed when it starts more than the config's "
                                                      "discovery.max_window_days before detection")] = None,
     output: OutputOpt = Output.text,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Contain an incident: discover scope, plan, gate, apply, verify. Every step is journaled.
 
@@ -248,12 +220,14 @@ def run(
     inc = settled
     options = RunOptions(dry_run=dry_run, approve=tuple(approve or ()), approve_all=approve_all,
                          by=by or default_approver(), reason=reason, max_changes=max_changes)
-    outcome = start_run(
-        inc, playbook_ref=playbook, config_path=config, options=options,
-        aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
-        prompt=_prompt(), trail=trail,
-    )
-    _finish(outcome, output)
+    ui = _ui(ctx, quiet, verbose, no_color)
+    with LogStream(ui) as log:
+        outcome = start_run(
+            inc, playbook_ref=playbook, config_path=config, options=options,
+            aws_opts=AwsOptions(region, profile, endpoint_url), state=resolve_state(state_dir),
+            prompt=_prompt(log), stream=log.as_text(), trail=trail,
+        )
+    _finish(outcome, output, ui)
 
 
 @app.command()
@@ -262,8 +236,10 @@ def detect(
     files: Annotated[list[str], typer.Argument(help="CloudTrail files: Records[] (plain or .gz), EventBridge "
                                                     "'AWS API Call via CloudTrail' events, or single records")],
     config: Annotated[str | None, typer.Option("--config", help="Config TOML (intake.window_hours)")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the incident here instead of "
-                                                                      "stdout")] = None,
+    file: FileOpt = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="json: the native incident; text: the "
+                                           "attributed events as a table")] = Output.json,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Find the root-key attack chain in CloudTrail and print it as a native incident.
 
@@ -284,35 +260,56 @@ def detect(
     err(f"stanch detect: {len(chain.evidence)} of {chain.records} records attributed to the attacker; "
         f"{chain.ignored} left out (other principals, failures, outside the window)")
     text = json.dumps(chain.incident.to_json(), indent=2)
-    if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
-        err(f"incident written to {output}; contain it with: stanch run {output}")
-    else:
+    if file:
+        _refuse_format_as_file(file, ("json", "text"))
+        file.write_text(text + "\n", encoding="utf-8")
+        err(f"incident written to {file}; contain it with: stanch run {file}")
+    elif output is Output.json:
         typer.echo(text)
+    else:
+        render_evidence(console(sys.stdout, color=wants_color(no_color)), chain.evidence)
 
 
 @app.command()
 @handle_errors
 def approve(
     run_id: Annotated[str, typer.Argument(help="The paused run")],
-    step: Annotated[str, typer.Option("--step", help="The step awaiting approval")],
+    step: Annotated[list[str] | None, typer.Option("--step", help="A step awaiting approval (repeatable)",
+                                                   metavar="STEP")] = None,
+    all_pending: Annotated[bool, typer.Option("--all-pending", help="Every step awaiting approval, as "
+                                              "`stanch status RUN_ID` shows them")] = False,
     by: ByOpt = None,
     reason: ReasonOpt = "approved with stanch approve",
     state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
 ) -> None:
-    """Approve a paused run's step (the plan shown by `stanch status RUN_ID`). Then `stanch resume`."""
+    """Approve a paused run's gated steps (the plans `stanch status RUN_ID` shows), all with one reason.
+    Each approval covers exactly the changes shown; then `stanch resume RUN_ID` (or `resume --approve STEP`
+    to approve and continue in one command)."""
     from runner.engine import default_approver
-    from runner.service import approve_step
+    from runner.service import approve_steps
     from runner.service import state_dir as resolve_state
 
-    rec = approve_step(run_id, step, by=by or default_approver(), reason=reason, state=resolve_state(state_dir))
-    typer.echo(f"approved {rec.step_id} of {rec.run_id} by {rec.by} (plan {rec.plan_digest}); "
-               f"continue with: stanch resume {run_id}")
+    if bool(step) == all_pending:
+        err("stanch: give --step STEP (repeatable) or --all-pending, not both and not neither. Nothing was approved.")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    records = approve_steps(run_id, None if all_pending else list(step or []), by=by or default_approver(),
+                            reason=reason, state=resolve_state(state_dir))
+    if output is Output.json:
+        print_json({"run_id": run_id, "approvals": [
+            {"step": r.step_id, "by": r.by, "reason": r.reason, "at": r.at, "plan_digest": r.plan_digest,
+             "changes": len(r.change_digests)} for r in records], "next": f"stanch resume {run_id}"})
+        return
+    for r in records:
+        typer.echo(f"approved {r.step_id} of {r.run_id} by {r.by} ({len(r.change_digests)} change(s), plan "
+                   f"{r.plan_digest})")
+    typer.echo(f"continue with: stanch resume {run_id}")
 
 
 @app.command()
 @handle_errors
 def resume(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="A paused or interrupted run")],
     approve: ApproveOpt = None,
     approve_all: ApproveAllOpt = False,
@@ -320,42 +317,73 @@ def resume(
     reason: ReasonOpt = "",
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
-    """Continue a paused or interrupted run: re-plan what is left and apply only that."""
+    """Continue a paused or interrupted run: re-plan what is left and apply only that.
+
+    `--approve STEP` (repeatable) or `--approve-all` approves gated steps and continues in one command;
+    the approval binds to the plan shown at that moment, with --by and --reason recorded."""
     from runner.engine import RunOptions, default_approver
     from runner.service import resume_run
     from runner.service import state_dir as resolve_state
 
     options = RunOptions(approve=tuple(approve or ()), approve_all=approve_all, by=by or default_approver(),
                          reason=reason)
-    outcome = resume_run(run_id, options=options, state=resolve_state(state_dir),
-                         prompt=_prompt())
-    _finish(outcome, output)
+    ui = _ui(ctx, quiet, verbose, no_color)
+    with LogStream(ui) as log:
+        outcome = resume_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(log),
+                             stream=log.as_text())
+    _finish(outcome, output, ui)
 
 
 @app.command()
 @handle_errors
 def rollback(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="A finished run whose changes to undo")],
+    step: Annotated[list[str] | None, typer.Option("--step", help="Undo only this step's changes (repeatable)",
+                                                   metavar="STEP")] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", help="Undo only the changes to this ARN "
+                                                     "(repeatable)", metavar="ARN")] = None,
+    false_positive: Annotated[bool, typer.Option("--false-positive", help="The incident was a false positive: "
+                                                 "mark it so (recorded with --reason)")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be undone; change nothing")] = False,
     approve_all: ApproveAllOpt = False,
     by: ByOpt = None,
     reason: ReasonOpt = "",
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Undo a run's containment from the values its changes recorded (keys reactivated, quarantine
-    policies removed, group memberships and policies restored, services scaled back). What no API can
-    undo (a deleted console password, a deactivated MFA device) is listed as a manual action. The
-    revert step is approval-gated like any other; it runs as a new, journaled run."""
+    policies removed, group memberships and policies restored, services scaled back), all of it or only
+    some steps (--step) or resources (--target). What no API can undo (a deleted console password, a
+    deactivated MFA device) is listed as a manual action. The revert step is approval-gated like any
+    other; it runs as a new, journaled run of the same incident.
+
+    Unless the incident is marked a false positive (--false-positive), undoing containment gives access
+    back to what the run found attributed to the attacker: stanch warns and requires --reason."""
     from runner.engine import RunOptions, default_approver
     from runner.service import rollback_run
     from runner.service import state_dir as resolve_state
 
-    options = RunOptions(dry_run=dry_run, approve_all=approve_all, by=by or default_approver(), reason=reason)
-    outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir),
-                           prompt=_prompt())
-    _finish(outcome, output)
+    if not false_positive and not dry_run:
+        err("stanch: WARNING: the incident is not marked a false positive; rolling back re-opens what the run "
+            "contained (attacker keys, users, workloads) for the resources chosen.")
+        if not reason.strip():
+            err("stanch: give --reason TEXT for the record (or --false-positive --reason TEXT). Nothing was changed.")
+            raise typer.Exit(EXIT_BAD_INPUT)
+    why = f"false positive: {reason}".rstrip(": ") if false_positive else reason
+    options = RunOptions(dry_run=dry_run, approve_all=approve_all, by=by or default_approver(), reason=why)
+    ui = _ui(ctx, quiet, verbose, no_color)
+    with LogStream(ui) as log:
+        outcome = rollback_run(run_id, options=options, state=resolve_state(state_dir), prompt=_prompt(log),
+                               stream=log.as_text(), steps=step, targets=target)
+    _finish(outcome, output, ui)
 
 
 @app.command()
@@ -365,59 +393,81 @@ def cancel(
     by: ByOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded)")] = "cancelled by a responder",
     state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
 ) -> None:
-    """Give up on an unfinished run: it ends `failed` and releases the incident for a new run.
-    Changes already applied stay applied (each recorded with the value it replaced)."""
+    """Give up on an unfinished run: it ends `cancelled` (exit 1 from then on) and releases the incident
+    for a new run. Changes already applied stay applied (each recorded with the value it replaced)."""
     from runner.engine import default_approver
     from runner.service import cancel_run
     from runner.service import state_dir as resolve_state
 
     rec = cancel_run(run_id, by=by or default_approver(), reason=reason, state=resolve_state(state_dir))
-    typer.echo(f"cancelled {rec.run_id} (incident {rec.incident_id} is free for a new run)")
+    if output is Output.json:
+        print_json({"run_id": rec.run_id, "incident_id": rec.incident_id, "status": rec.status,
+                    "cancelled": (rec.result or {}).get("cancelled")})
+        return
+    typer.echo(f"cancelled {rec.run_id}: {reason} (incident {rec.incident_id} is free for a new run)")
 
 
 @app.command()
 @handle_errors
 def status(
     run_id: Annotated[str | None, typer.Argument(help="A run id; omit to list recent runs")] = None,
+    incident: Annotated[str | None, typer.Option("--incident", help="Only runs of this incident id")] = None,
+    run_status_filter: Annotated[str | None, typer.Option("--status", help="Only runs in this status (e.g. "
+                                                          "awaiting_approval, cancelled)")] = None,
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
+    no_color: NoColorOpt = False,
 ) -> None:
-    """Show one run (steps, changes, approvals) or list the recent runs."""
-    from runner.service import run_status
+    """Show one run (steps, changes, approvals) or a table of recent runs."""
+    from runner.lifecycle import NOT_CONTAINED, STATES
+    from runner.service import list_runs, run_status
     from runner.service import state_dir as resolve_state
 
-    doc = run_status(run_id, resolve_state(state_dir))
+    if run_status_filter is not None and run_status_filter not in STATES:
+        err(f"stanch: unknown status '{run_status_filter}'; one of: {', '.join(STATES)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    state = resolve_state(state_dir)
+    doc: Any = run_status(run_id, state) if run_id else list_runs(state, incident=incident,
+                                                                  status=run_status_filter)
     if output is Output.json:
-        typer.echo(json.dumps(doc, indent=2, default=str))
+        print_json(doc)
     elif isinstance(doc, list):
-        if not doc:
-            typer.echo("no runs in this state directory")
-        for r in doc:
-            typer.echo(f"{r['run_id']}  {r['status']:<20} {r['incident_id']:<20} {r['playbook']}"
-                       f"{'  (dry run)' if r['dry_run'] else ''}  {r['updated_at']}")
+        render_run_list(console(sys.stdout, color=wants_color(no_color)), doc)
     else:
-        emit(doc, Output.text)
-        for a in doc.get("approvals", []):
-            typer.echo(f"  approval: {a['step']} by {a['by']} at {a['at']} ({a['reason']})")
+        render_run(console(sys.stdout, color=wants_color(no_color)), doc)
+    if isinstance(doc, dict) and doc.get("status") in NOT_CONTAINED:  # one run: its exit code, as `run` gave
+        raise typer.Exit(EXIT_NOT_CONTAINED)
 
 
 @app.command()
 @handle_errors
 def drill(
+    ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan the drill only; nothing changes")] = False,
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
-    """End-to-end containment against a simulated account (in-process moto), then a scorecard."""
-    from runner.drill import run_drill, scorecard_text
+    """End-to-end containment against a simulated account (in-process moto), then a scorecard.
+    The two runs' logs are not shown unless --verbose."""
+    from runner.drill import run_drill
     from runner.service import state_dir as resolve_state
 
-    card = run_drill(dry_run=dry_run, state=resolve_state(state_dir))
-    if output is Output.json:
-        typer.echo(json.dumps(card, indent=2, default=str))
+    ui = _ui(ctx, quiet, verbose, no_color)
+    if ui.verbosity >= 2:
+        with LogStream(ui) as log:
+            card = run_drill(dry_run=dry_run, state=resolve_state(state_dir), stream=log.as_text())
     else:
-        typer.echo(scorecard_text(card))
+        with console(sys.stderr, color=ui.color).status("drill: seeding a simulated account and containing it"):
+            card = run_drill(dry_run=dry_run, state=resolve_state(state_dir))
+    if output is Output.json:
+        print_json(card)
+    else:
+        render_scorecard(out_console(ui), card)
     raise typer.Exit(0 if card["passed"] else EXIT_NOT_CONTAINED)
 
 
@@ -430,29 +480,41 @@ class ReportFormat(StrEnum):
 @app.command()
 @handle_errors
 def report(
-    run_id: Annotated[str, typer.Argument(help="The run to report on")],
-    fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="md, html (one self-contained page) or json")]
-    = ReportFormat.md,
-    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")] = None,
+    ref: Annotated[str, typer.Argument(help="An incident id, or a run id (reports that run's incident)",
+                                       metavar="RUN_ID|INCIDENT_ID")],
+    output: Annotated[ReportFormat, typer.Option("--output", "-o", "--format", help="md, html (one "
+                                                 "self-contained page) or json")] = ReportFormat.md,
+    file: FileOpt = None,
     state_dir: StateDir = None,
 ) -> None:
-    """The customer report: executive summary, timeline, risk, actions taken (with approver), what was left
-    alone and why, manual actions, and hardening recommendations with facts read from the account."""
+    """The customer report of an incident, across all its runs: summary, what the attacker did and what
+    it means, a timeline of every run, change, approval, cancel and rollback, risk, cost estimate, what
+    was left alone and why, manual actions, and hardening recommendations with facts read from the
+    account."""
     from runner.report import build_report, render_html, render_markdown
     from runner.service import state_dir as resolve_state
 
-    doc = build_report(run_id, resolve_state(state_dir))
-    if fmt is ReportFormat.md:
+    doc = build_report(ref, resolve_state(state_dir))
+    if output is ReportFormat.md:
         text = render_markdown(doc)
-    elif fmt is ReportFormat.html:
+    elif output is ReportFormat.html:
         text = render_html(doc)
     else:
         text = json.dumps(doc, indent=2, default=str) + "\n"
-    if out:
-        out.write_text(text, encoding="utf-8")
-        err(f"report written to {out}")
+    if file:
+        _refuse_format_as_file(file, [f.value for f in ReportFormat])
+        file.write_text(text, encoding="utf-8")
+        err(f"report written to {file.resolve()}")
     else:
         typer.echo(text, nl=False)
+
+
+def _refuse_format_as_file(file: Path, formats: Iterable[str]) -> None:
+    """`-f html` meant the format in older versions: refuse a file named like a format."""
+    if str(file) in set(formats) and not file.exists():
+        err(f"stanch: --file {file} looks like a format; give the format with --output {file} "
+            f"(and a file name with --file). Nothing was written.")
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 evidence_app = typer.Typer(no_args_is_help=True, help="Check evidence bundles.")
@@ -463,32 +525,57 @@ app.add_typer(audit_app, name="audit")
 
 @evidence_app.command("verify")
 @handle_errors
-def evidence_verify(bundle: Annotated[Path, typer.Argument(help="The bundle directory (see the run's "
-                                                                "evidence.path)")]) -> None:
+def evidence_verify(
+    bundle: Annotated[str, typer.Argument(help="A run id, or the bundle directory (the run's evidence.path)",
+                                          metavar="RUN_ID|BUNDLE_DIR")],
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
     """Check every file of a bundle against its manifest. Exit 0 intact, 1 altered/missing/extra, 2 no bundle."""
     from actions.evidence import MANIFEST, verify_bundle
 
-    if not (bundle / MANIFEST).is_file():
-        err(f"stanch: {bundle} is not an evidence bundle (no {MANIFEST})")
+    path = _bundle_path(bundle, state_dir)
+    if not (path / MANIFEST).is_file():
+        err(f"stanch: {path} is not an evidence bundle (no {MANIFEST})")
         raise typer.Exit(EXIT_BAD_INPUT)
     try:
-        found = verify_bundle(bundle)
+        found = verify_bundle(path)
     except (ValueError, KeyError, TypeError) as exc:
-        err(f"stanch: {bundle / MANIFEST} is unreadable or altered: {exc}")
+        err(f"stanch: {path / MANIFEST} is unreadable or altered: {exc}")
         raise typer.Exit(EXIT_NOT_CONTAINED) from None
-    bad = False
-    for kind in ("altered", "missing", "extra"):
-        for rel in found[kind]:
-            typer.echo(f"{kind.upper():<8} {rel}")
-            bad = True
+    bad = any(found[kind] for kind in ("altered", "missing", "extra"))
+    if output is Output.json:
+        print_json({"bundle": str(path.resolve()), "intact": not bad,
+                    **{k: list(found[k]) for k in ("altered", "missing", "extra")}})
+    else:
+        for kind in ("altered", "missing", "extra"):
+            for rel in found[kind]:
+                typer.echo(f"{kind.upper():<8} {rel}")
+        if not bad:
+            typer.echo(f"intact: every file in {path.resolve()} matches its manifest")
     if bad:
         raise typer.Exit(EXIT_NOT_CONTAINED)
-    typer.echo(f"intact: every file in {bundle} matches its manifest")
+
+
+def _bundle_path(ref: str, state_dir: str | None) -> Path:
+    """A bundle directory as given, or the evidence path a run recorded."""
+    path = Path(ref)
+    if path.exists() or not ref.startswith("r-"):
+        return path
+    from runner.service import run_status
+    from runner.service import state_dir as resolve_state
+
+    doc = run_status(ref, resolve_state(state_dir))
+    evidence = doc.get("evidence") if isinstance(doc, dict) else None
+    if not evidence or not evidence.get("path"):
+        err(f"stanch: run {ref} recorded no evidence bundle")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    return Path(evidence["path"])
 
 
 @audit_app.command("verify")
 @handle_errors
-def audit_verify(state_dir: StateDir = None) -> None:
+def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) -> None:
     """Check the audit log's hash chain: edited, deleted or reordered lines. Exit 0 intact, 1 not."""
     from runner.audit import verify_chain
     from runner.service import state_dir as resolve_state
@@ -498,40 +585,59 @@ def audit_verify(state_dir: StateDir = None) -> None:
         err(f"stanch: no audit log at {path}")
         raise typer.Exit(EXIT_BAD_INPUT)
     problems = verify_chain(path)
-    for p in problems:
-        typer.echo(p)
+    lines = len(path.read_text().splitlines())
+    if output is Output.json:
+        print_json({"path": str(path.resolve()), "intact": not problems, "lines": lines, "problems": problems})
+    else:
+        for p in problems:
+            typer.echo(p)
+        if not problems:
+            typer.echo(f"intact: {lines} lines, hash chain unbroken")
     if problems:
         raise typer.Exit(EXIT_NOT_CONTAINED)
-    typer.echo(f"intact: {len(path.read_text().splitlines())} lines, hash chain unbroken")
 
 
 @playbook_app.command("list")
 @handle_errors
-def playbook_list() -> None:
-    """List the packaged playbooks and the registered actions."""
+def playbook_list(output: OutputOpt = Output.text) -> None:
+    """List the packaged playbooks and the registered actions, each labelled with what undoing it takes:
+    reversible (stanch rollback restores it), restorable by a person (console password, MFA device),
+    destructive (deletes; eradication), read-only."""
     from actions.registry import builtin_registry
+    from runner.labels import action_label
     from runner.playbook import load_playbook, packaged_playbooks
 
     reg = builtin_registry()
+    books = [load_playbook(name, reg) for name in packaged_playbooks()]
+    actions = [{"name": cls.name, "label": action_label(cls), "risk": cls.risk, "summary": cls.summary,
+                "params": list(cls.params_model.model_fields), "permissions": list(cls.permissions)}
+               for cls in reg.all()]
+    if output is Output.json:
+        print_json({"playbooks": [{"name": pb.name, "steps": len(pb.steps), "description": pb.description}
+                                  for pb in books], "actions": actions})
+        return
     typer.echo("Playbooks:")
-    for name in packaged_playbooks():
-        pb = load_playbook(name, reg)
-        typer.echo(f"  {name:<28} {len(pb.steps)} steps  {pb.description}")
+    for pb in books:
+        typer.echo(f"  {pb.name:<28} {len(pb.steps)} steps  {pb.description}")
     typer.echo("\nActions:")
-    for cls in reg.all():
-        params = ", ".join(cls.params_model.model_fields) or "-"
-        typer.echo(f"  {cls.name:<34} [{cls.risk}] {cls.summary}\n  {'':<34} params: {params}")
+    for a in actions:
+        typer.echo(f"  {a['name']:<34} [{a['label']}] {a['summary']}\n  {'':<34} params: "
+                   f"{', '.join(a['params']) or '-'}")
 
 
 @playbook_app.command("validate")
 @handle_errors
-def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML file or packaged name")]) -> None:
+def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML file or packaged name")],
+                      output: OutputOpt = Output.text) -> None:
     """Check a playbook: every problem is listed with its location. Exit 2 if any."""
     from actions.registry import builtin_registry
     from runner.playbook import load_playbook
 
     pb = load_playbook(path, builtin_registry())
-    typer.echo(f"{pb.source}: ok ({len(pb.steps)} steps)")
+    if output is Output.json:
+        print_json({"source": str(pb.source), "ok": True, "steps": [s.id for s in pb.steps]})
+    else:
+        typer.echo(f"{pb.source}: ok ({len(pb.steps)} steps)")
 
 
 @playbook_app.command("graph")
@@ -539,6 +645,7 @@ def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML fi
 def playbook_graph(
     ref: Annotated[str | None, typer.Argument(help="Playbook name or path")] = None,
     lifecycle: Annotated[bool, typer.Option("--lifecycle", help="Draw the run lifecycle instead")] = False,
+    output: OutputOpt = Output.text,
 ) -> None:
     """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run lifecycle."""
     from actions.registry import builtin_registry
@@ -546,12 +653,16 @@ def playbook_graph(
     from runner.playbook import load_playbook
 
     if lifecycle:
-        typer.echo(lifecycle_mermaid(), nl=False)
-        return
-    if not ref:
+        text = lifecycle_mermaid()
+    elif not ref:
         err("stanch: give a playbook name or path, or --lifecycle")
         raise typer.Exit(EXIT_BAD_INPUT)
-    typer.echo(load_playbook(ref, builtin_registry()).mermaid(), nl=False)
+    else:
+        text = load_playbook(ref, builtin_registry()).mermaid()
+    if output is Output.json:
+        print_json({"mermaid": text})
+    else:
+        typer.echo(text, nl=False)
 
 
 @playbook_app.command("permissions")
@@ -581,10 +692,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
-    pass
+    ctx.obj = UiOptions(color=wants_color(no_color), verbosity=0 if quiet else 2 if verbose else 1)
 
 
 def main() -> None:

@@ -78,6 +78,17 @@ class RootSection(_Section):
     organizations_role_arn: str = ""
 
 
+class PricingSection(_Section):
+    """On-demand prices the report's mining cost estimate uses (USD, us-east-1 Linux/x86)."""
+
+    as_of: str = Field("2026-11-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    currency: str = "USD"
+    fargate_vcpu_hour: float = Field(0.04048, ge=0)
+    fargate_gb_hour: float = Field(0.004445, ge=0)
+    ec2_vcpu_hour: float = Field(0.0496, ge=0)
+    ec2_gb_hour: float = Field(0.0062, ge=0)
+
+
 class Config(_Section):
     runner: RunnerSection = Field(default_factory=RunnerSection)
     aws: AwsSection = Field(default_factory=AwsSection)
@@ -88,6 +99,7 @@ class Config(_Section):
     root: RootSection = Field(default_factory=RootSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
+    pricing: PricingSection = Field(default_factory=PricingSection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:

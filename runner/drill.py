@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import boto3
 from botocore.exceptions import ClientError
@@ -240,7 +240,9 @@ def attacker_key_denied(session: boto3.Session, key: dict[str, Any], control: di
     return ok, f"attacker key: {attacker}; legitimate admin key: {legit}"
 
 
-def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None) -> dict[str, Any]:
+def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None,
+              stream: TextIO | None = None) -> dict[str, Any]:
+    """Seed, contain and check. The runs' log goes to `stream` (none by default: the scorecard says it all)."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with simulated_account() as session:
         seeded = seed(session, names)
@@ -259,7 +261,8 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         def go() -> dict[str, Any]:
             aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
             return start_run(incident, playbook_ref=None, config_path=None, options=options,
-                             aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail).result
+                             aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail,
+                             stream=stream).result
 
         result = go()
         after = account_snapshot(session)
@@ -305,7 +308,8 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             check("a second run of the same incident applies nothing", not applied_again,
                   f"{len(applied_again)} changes applied on the second run")
         contained = [
-            {"step": s["id"], "operation": c["operation"], "target": c["target"], "previous": c["previous"]}
+            {"step": s["id"], "operation": c["operation"], "target": c["target"], "params": c["params"],
+             "previous": c["previous"]}
             for s in result["steps"] for c in s["changes"] if c["status"] in ("applied", "planned")
         ]
         scope = result.get("scope", {})
@@ -322,20 +326,11 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
 
 
 def scorecard_text(card: dict[str, Any]) -> str:
-    lines = [f"stanch drill: {card['drill']}{' (dry run)' if card['dry_run'] else ''}  run {card['run_id']}  "
-             f"status {card['run_status']}", ""]
-    verb = "Would change" if card["dry_run"] else "Contained"
-    lines.append(f"{verb} ({len(card['contained'])}):")
-    lines += [f"  {c['step']:<24} {c['operation']:<26} {c['target']}" for c in card["contained"]]
-    lines.append(f"\nLeft alone ({len(card['left_alone'])}):")
-    lines += [f"  {e['kind']:<12} {e['name']:<22} {e['reason']}" for e in card["left_alone"]]
-    for m in card["manual_actions"]:
-        lines.append(f"\nManual action ({m['step']}):\n{m['instructions']}")
-    m = card["metrics"]
-    lines.append(f"\nTime to first containment: {m.get('time_to_first_change_s')} s   time to contained: "
-                 f"{m.get('time_to_contained_s')} s   API calls: {m.get('api_calls_total')}")
-    lines.append("\nChecks:")
-    lines += [f"  [{'PASS' if c['ok'] else 'FAIL'}] {c['check']}" + (f"  ({c['detail']})" if c["detail"] and not
-                                                                      c["ok"] else "") for c in card["checks"]]
-    lines.append(f"\nDRILL {'PASSED' if card['passed'] else 'FAILED'}")
-    return "\n".join(lines)
+    """The scorecard as plain text (tables, no styling)."""
+    import io
+
+    from runner.ui import console, render_scorecard
+
+    buf = io.StringIO()
+    render_scorecard(console(buf, color=False), card)
+    return buf.getvalue()

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from actions.base import Action, ActionContext, Change, Params, Plan
 from actions.registry import Registry
 from runner.aws import AwsSession
+from runner.awserrors import clean_message, describe_client_error
 from runner.config import Config
 from runner.errors import (
     EXIT_BAD_INPUT,
@@ -48,6 +49,7 @@ FINAL = (*DONE, "failed", "skipped", "refused")
 EXIT_CODES = {
     "planned": EXIT_OK, "contained": EXIT_OK, "awaiting_approval": EXIT_PAUSED, "refused": EXIT_REFUSED,
     "needs_manual_action": EXIT_MANUAL, "partially_contained": EXIT_NOT_CONTAINED, "failed": EXIT_NOT_CONTAINED,
+    "cancelled": EXIT_NOT_CONTAINED,
 }
 #: errors an action's AWS work may raise; anything else is a bug and propagates
 STEP_ERRORS = (ClientError, BotoCoreError, StanchError, TemplateError, ValidationError)
@@ -119,9 +121,16 @@ class Engine:
         self.log = log
         self.options = options
         self.prompt = prompt
-        self.started = time.monotonic()
-        self.first_change_at: float | None = None
-        self.finished_at: float | None = None
+        self.started = time.monotonic()  # this process, for log durations
+        # metrics count from the run's start, across processes; time spent paused for approval is
+        # reported separately (paused_s), carried over from the run document of earlier processes
+        self.run_start = _parse_iso(run.created_at)
+        before = (run.result or {}).get("metrics") or {}
+        self.paused_s = float(before.get("paused_s") or 0.0)
+        if run.status == "awaiting_approval":
+            self.paused_s += max(0.0, (datetime.now(UTC) - _parse_iso(run.updated_at)).total_seconds())
+        self.first_change_s: float | None = before.get("time_to_first_change_s")
+        self.finished_s: float | None = None
         self.states: dict[str, StepState] = {s.id: StepState() for s in playbook.steps}
         self.actions: dict[str, Action[Any]] = {s.id: self._action(s) for s in playbook.steps}
         self.lifecycle = RunLifecycle(run.status, self._status_changed)
@@ -461,8 +470,8 @@ class Engine:
             self._event("change.failed", step, operation=change.operation, target=change.target,
                         digest=change.digest, outcome="failed", error=err, duration_ms=ms)
             return f"{change.operation} {change.target}: {err}"
-        if self.first_change_at is None:
-            self.first_change_at = time.monotonic()
+        if self.first_change_s is None:
+            self.first_change_s = self._elapsed()
         state.change_status[change.digest] = outcome
         self.journal.change_finished(rid, step.id, change.digest, outcome)
         ms = int((time.monotonic() - t0) * 1000)
@@ -495,7 +504,7 @@ class Engine:
             done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
                     and self.actions[s.id].risk != "read-only"]
             list(pool.map(lambda s: self._verify_step(ctx, s), done))
-            self.finished_at = time.monotonic()
+            self.finished_s = self._elapsed()
             states = [self.states[s.id] for s in self.playbook.steps]
             bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
                    or st.verify_failures]
@@ -572,15 +581,20 @@ class Engine:
         doc["metrics"] = self.metrics()
         return doc
 
+    def _elapsed(self) -> float:
+        """Seconds since the run started (its first process), paused time included."""
+        return round((datetime.now(UTC) - self.run_start).total_seconds(), 3)
+
     def metrics(self) -> dict[str, Any]:
-        def since(t: float | None) -> float | None:
-            return round(t - self.started, 3) if t is not None else None
         calls = self.aws.call_counts()
-        contained = self.finished_at if self.lifecycle.state in ("contained", "needs_manual_action") else None
+        contained = self.finished_s if self.lifecycle.state in ("contained", "needs_manual_action") else None
+        elapsed = self._elapsed()
         return {
-            "time_to_first_change_s": since(self.first_change_at),
-            "time_to_contained_s": since(contained),
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "time_to_first_change_s": self.first_change_s,
+            "time_to_contained_s": contained,
+            "duration_s": elapsed,
+            "paused_s": round(self.paused_s, 3),
+            "active_s": round(max(0.0, elapsed - self.paused_s), 3),
             "api_calls_total": sum(calls.values()), "api_calls": calls,
             "refused_writes": list(self.aws.refused),
         }
@@ -619,15 +633,16 @@ def last_admin_path_cut(changes: list[Change], paths: dict[str, list[str]]) -> t
                 by_attacker[who] = by_attacker.get(who, True) and "the attacker's change" in c.reason
     cut = {who for who, gone in removed.items() if gone >= set(paths.get(who, []))}
     return cut, {who for who in cut if by_attacker.get(who)}
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}".strip()
+        return describe_client_error(exc)
     if isinstance(exc, StanchError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
+        return clean_message(exc.message, limit=2000)
+    return clean_message(f"{type(exc).__name__}: {exc}", limit=2000)
 
 
 def exit_code(status: str) -> int:

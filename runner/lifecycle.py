@@ -11,9 +11,13 @@ from typing import Any
 
 from transitions import Machine
 
+#: a run in one of these statuses holds its incident's lock and can be resumed or cancelled
 ACTIVE = ["pending", "planning", "awaiting_approval", "applying", "verifying"]
-TERMINAL = ["planned", "contained", "needs_manual_action", "partially_contained", "failed", "refused"]
+#: finished runs; `cancelled` is a responder giving up on an unfinished run (`stanch cancel`)
+TERMINAL = ["planned", "contained", "needs_manual_action", "partially_contained", "failed", "refused", "cancelled"]
 STATES = ACTIVE + TERMINAL
+#: finished runs that are not containment (exit 1)
+NOT_CONTAINED = ["partially_contained", "failed", "cancelled"]
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "plan", "source": ACTIVE, "dest": "planning"},
@@ -26,6 +30,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "contain_partially", "source": "verifying", "dest": "partially_contained"},
     {"trigger": "fail", "source": ACTIVE, "dest": "failed"},
     {"trigger": "refuse", "source": ACTIVE, "dest": "refused"},
+    {"trigger": "cancel", "source": ACTIVE, "dest": "cancelled"},
 ]
 
 

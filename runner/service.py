@@ -16,6 +16,7 @@ from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
 from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
+from runner.lifecycle import ACTIVE
 from runner.playbook import Playbook, load_playbook, parse_playbook
 
 
@@ -103,8 +104,8 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
                       playbook=playbook.name, dry_run=options.dry_run)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
                     journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
-                    options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id,
-                    trail=trail)
+                    options=options, prompt=prompt,
+                    evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail)
     result = engine.execute(resume=resume)
     return Outcome(result, exit_code(result["status"]))
 
@@ -117,7 +118,7 @@ def resume_run(
     journal = SqliteJournal(state)
     try:
         record = journal.get_run(run_id)
-        if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+        if record.status not in ACTIVE:
             raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
         stored = record.options
         config = (Config.model_validate(stored["config_snapshot"]) if stored.get("config_snapshot")
@@ -161,36 +162,59 @@ def load_trail(state: Path, run_id: str) -> tuple[list[dict[str, Any]], list[str
     return list(doc.get("Records", [])), list(doc.get("sources", []))
 
 
-def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
+def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: str,
+                  state: Path) -> list[ApprovalRecord]:
+    """Approve the named steps of a paused run, or (`step_ids=None`) every step awaiting approval,
+    each bound to the plan it showed. Unknown or not-waiting steps are refused before any is recorded."""
     journal = SqliteJournal(state)
     try:
         record = journal.get_run(run_id)
         steps = journal.steps(run_id)
         waiting = sorted(s for s, r in steps.items() if r.status == "awaiting_approval")
-        rec = steps.get(step_id)
-        if record.status != "awaiting_approval" or rec is None or rec.status != "awaiting_approval":
-            hint = f"steps awaiting approval: {', '.join(waiting)}" if waiting else "no step awaits approval"
-            raise InputError("--step", [Problem(step_id, f"run {run_id} has no step '{step_id}' awaiting "
-                                                         f"approval ({hint})")])
-        plan = rec.plan or {}
-        digests = sorted(c["digest"] for c in plan.get("changes", []))
-        approval = ApprovalRecord(run_id=run_id, step_id=step_id, by=by, reason=reason, at=now_iso(),
-                                  plan_digest=str(plan.get("digest", "")), change_digests=digests)
-        journal.add_approval(approval)
+        hint = f"steps awaiting approval: {', '.join(waiting)}" if waiting else "no step awaits approval"
+        if record.status != "awaiting_approval" or not waiting:
+            raise InputError("--step", [Problem(run_id, f"run {run_id} is {record.status}; {hint}")])
+        # a step that only its own approval may open (contain-suspects) is never part of --all-pending
+        explicit = {s["id"] for s in (record.result or {}).get("steps", []) if s.get("approval") == "explicit"}
+        if step_ids is None:
+            wanted = [s for s in waiting if s not in explicit]
+            if not wanted:
+                raise InputError("--all-pending", [Problem(run_id, f"only {', '.join(waiting)} awaits approval and "
+                                                                   "it needs its own: --step " + waiting[0])])
+        else:
+            wanted = list(dict.fromkeys(step_ids))
+        bad = [s for s in wanted if s not in waiting]
+        if bad:
+            raise InputError("--step", [Problem(s, f"run {run_id} has no step '{s}' awaiting approval ({hint})")
+                                        for s in bad])
         log = make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
                           playbook=record.playbook, dry_run=record.dry_run)
-        log.info("approval.recorded", step=step_id, by=by, message=reason, plan_digest=approval.plan_digest)
-        return approval
+        recorded = []
+        for step_id in wanted:
+            plan = steps[step_id].plan or {}
+            digests = sorted(c["digest"] for c in plan.get("changes", []))
+            approval = ApprovalRecord(run_id=run_id, step_id=step_id, by=by, reason=reason, at=now_iso(),
+                                      plan_digest=str(plan.get("digest", "")), change_digests=digests)
+            journal.add_approval(approval)
+            log.info("approval.recorded", step=step_id, by=by, message=reason, plan_digest=approval.plan_digest)
+            recorded.append(approval)
+        return recorded
     finally:
         journal.close()
+
+
+def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
+    return approve_steps(run_id, [step_id], by=by, reason=reason, state=state)[0]
 
 
 def rollback_run(
     run_id: str, *, options: RunOptions, state: Path, prompt: Prompt | None = None,
     stream: TextIO | None = sys.stderr, session: AwsSession | None = None,
+    steps: list[str] | None = None, targets: list[str] | None = None,
 ) -> Outcome:
     """Undo a finished run's applied changes, as a new run of a generated one-step playbook
-    (approval-gated, journaled, verified like any other)."""
+    (approval-gated, journaled, verified like any other). `steps` / `targets` restrict it to the
+    changes of those steps and/or on those ARNs (a partial rollback)."""
     import yaml
 
     journal = SqliteJournal(state)
@@ -198,7 +222,7 @@ def rollback_run(
         record = journal.get_run(run_id)
     finally:
         journal.close()
-    if record.status in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+    if record.status in ACTIVE:
         raise InputError(run_id, [Problem("", f"run {run_id} is still {record.status}; finish it "
                                               f"(stanch resume) or give it up (stanch cancel) first")])
     applied = [{k: c[k] for k in ("operation", "target", "params", "previous")}
@@ -206,6 +230,8 @@ def rollback_run(
                if c.get("status") == "applied"]
     if not applied:
         raise InputError(run_id, [Problem("", f"run {run_id} applied no change; there is nothing to roll back")])
+    if steps or targets:
+        applied = _pick_changes(record, run_id, steps or [], targets or [])
     folder = state / "rollback"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{run_id}.yaml"
@@ -222,41 +248,77 @@ def rollback_run(
                      state=state, prompt=prompt, stream=stream, session=session)
 
 
+def _pick_changes(record: RunRecord, run_id: str, steps: list[str], targets: list[str]) -> list[dict[str, Any]]:
+    """The applied changes of the named steps and/or targets; unknown names are bad input."""
+    by_step = {s["id"]: [c for c in s.get("changes", []) if c.get("status") == "applied"]
+               for s in (record.result or {}).get("steps", [])}
+    known_steps = sorted(k for k, v in by_step.items() if v)
+    known_targets = sorted({c["target"] for v in by_step.values() for c in v})
+    problems = [Problem("--step", f"'{s}' applied no change in run {run_id}; steps that did: "
+                                  f"{', '.join(known_steps)}") for s in steps if s not in known_steps]
+    problems += [Problem("--target", f"run {run_id} applied no change to '{t}'; targets: "
+                                     f"{', '.join(known_targets)}") for t in targets if t not in known_targets]
+    if problems:
+        raise InputError(run_id, problems)
+    return [{k: c[k] for k in ("operation", "target", "params", "previous")}
+            for step_id, changes in by_step.items() if not steps or step_id in steps
+            for c in changes if not targets or c["target"] in targets]
+
+
 def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
-    """Give up on an unfinished run (status failed, lock released). Nothing is reverted."""
+    """Give up on an unfinished run (status cancelled, lock released). Nothing is reverted."""
     journal = SqliteJournal(state)
     try:
         record = journal.get_run(run_id)
-        if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+        if record.status not in ACTIVE:
             raise InputError(run_id, [Problem("", f"run {run_id} is already {record.status}")])
-        result = dict(record.result or {})
-        result.update(status="failed", cancelled={"by": by, "reason": reason, "at": now_iso()})
-        journal.set_run_status(run_id, "failed", result)
+        result = dict(record.result or {}) or _partial_document(record, journal)
+        result.update(status="cancelled", cancelled={"by": by, "reason": reason, "at": now_iso()})
+        journal.set_run_status(run_id, "cancelled", result)
         journal.release(run_id)
         make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
                     playbook=record.playbook, dry_run=record.dry_run).info(
-            "run.cancelled", by=by, message=reason, outcome="failed", status="failed")
-        record.status = "failed"
+            "run.cancelled", by=by, message=reason, outcome="cancelled", status="cancelled")
+        record.status = "cancelled"
+        record.result = result
         return record
     finally:
         journal.close()
 
 
-def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
+def _partial_document(record: RunRecord, journal: SqliteJournal) -> dict[str, Any]:
+    """A run document from the journal's steps, for a run whose process never finished."""
+    return {
+        "run_id": record.run_id, "incident_id": record.incident_id, "playbook": record.playbook,
+        "status": record.status, "dry_run": record.dry_run, "steps": [
+            {"id": s.step_id, "action": "", "status": s.status, "error": s.error,
+             "changes": (s.plan or {}).get("changes", [])} for s in journal.steps(record.run_id).values()],
+        "manual_actions": [],
+    }
+
+
+def list_runs(state: Path, *, incident: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Recent runs, newest first, optionally of one incident and/or in one status."""
     journal = SqliteJournal(state)
     try:
-        if run_id is None:
-            return [{"run_id": r.run_id, "incident_id": r.incident_id, "playbook": r.playbook,
-                     "status": r.status, "dry_run": r.dry_run, "created_at": r.created_at,
-                     "updated_at": r.updated_at} for r in journal.list_runs()]
+        runs = journal.list_runs(limit=100_000 if incident or status else limit)
+    finally:
+        journal.close()
+    picked = [r for r in runs if (incident is None or r.incident_id == incident)
+              and (status is None or r.status == status)][:limit]
+    return [{"run_id": r.run_id, "incident_id": r.incident_id, "playbook": r.playbook, "status": r.status,
+             "dry_run": r.dry_run, "created_at": r.created_at, "updated_at": r.updated_at,
+             "reason": ((r.result or {}).get("cancelled") or {}).get("reason")} for r in picked]
+
+
+def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
+    if run_id is None:
+        return list_runs(state)
+    journal = SqliteJournal(state)
+    try:
         record = journal.get_run(run_id)
-        doc: dict[str, Any] = dict(record.result) if record.result else {
-            "run_id": record.run_id, "incident_id": record.incident_id, "playbook": record.playbook,
-            "dry_run": record.dry_run, "steps": [
-                {"id": s.step_id, "status": s.status, "error": s.error,
-                 "changes": (s.plan or {}).get("changes", [])} for s in journal.steps(run_id).values()],
-            "manual_actions": [],
-        }
+        doc: dict[str, Any] = dict(record.result) if record.result else _partial_document(record, journal)
         doc["status"] = record.status
         doc["approvals"] = [{"step": a.step_id, "by": a.by, "reason": a.reason, "at": a.at,
                              "plan_digest": a.plan_digest} for a in journal.approvals(run_id)]

@@ -198,7 +198,9 @@ def test_cancel_releases_the_incident(tmp_path: Path) -> None:
     first = run(tmp_path, pb)
     cancel_run(first.result["run_id"], by="alice", reason="false positive", state=tmp_path / "state")
     status = run_status(first.result["run_id"], tmp_path / "state")
-    assert isinstance(status, dict) and status["status"] == "failed"
+    assert isinstance(status, dict) and status["status"] == "cancelled"
+    from runner.engine import exit_code
+    assert exit_code("cancelled") == 1
     assert status["cancelled"]["by"] == "alice"
     assert run(tmp_path, pb).exit_code == 3  # the incident is free again
     assert any(e["event"] == "run.cancelled" for e in audit(tmp_path))

@@ -111,7 +111,7 @@ def test_report_markdown_and_html(contained: dict[str, Any], tmp_path: Path) -> 
     assert md.exit_code == 0, md.output
     text = md.stdout
     html_path = tmp_path / "report.html"
-    html = invoke("report", run_id, "--format", "html", "-o", str(html_path), "--state-dir", str(state))
+    html = invoke("report", run_id, "--output", "html", "--file", str(html_path), "--state-dir", str(state))
     assert html.exit_code == 0
     page = html_path.read_text()
     for doc in (text, page):

@@ -183,7 +183,7 @@ def test_disguised_miner_attributed_by_cloudtrail_is_contained_and_bystander_lef
         assert dry.exit_code == 0, dry.output
         assert json.loads(dry.stdout)["scope"]["ecs_services"] == []
         # stanch detect turns the trail into an incident naming only the attacker's work
-        detected = runner.invoke(app, ["detect", str(trail_path), "-o", str(tmp_path / "incident.json")])
+        detected = runner.invoke(app, ["detect", str(trail_path), "-f", str(tmp_path / "incident.json")])
         assert detected.exit_code == 0, detected.output
         incident = json.loads((tmp_path / "incident.json").read_text())
         assert {"type": "ecs_service", "cluster": "batch-jobs", "name": "worker"} in incident["resources"]

@@ -374,9 +374,9 @@ def test_every_attacker_write_is_undone_or_reported_and_decoys_are_untouched(
         assert needle in manual, needle
     assert "/prod/feature-flags" not in manual
 
-    # the report's "What the attacker did" lists every attributed action with its outcome and ATT&CK id
+    # the report lists every attributed action with its outcome and ATT&CK id
     report = build_report(doc["run_id"], Path(attacked["state"]))
-    section = render_markdown(report).split("## What the attacker did", 1)[1].split("\n## ", 1)[0]
+    section = render_markdown(report).split("## Every attacker call and its outcome", 1)[1].split("\n## ", 1)[0]
     page = render_html(report)
     for a in activity:
         assert a["event_id"] in section and a["event_id"] in page

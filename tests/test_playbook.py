@@ -127,4 +127,4 @@ def test_playbook_list_shows_actions_with_risk() -> None:
     result = CliRunner().invoke(app, ["playbook", "list"])
     assert result.exit_code == 0
     assert "iam.deactivate-access-keys" in result.output and "[reversible]" in result.output
-    assert "ecs.delete-clusters" in result.output and "[irreversible]" in result.output
+    assert "ecs.delete-clusters" in result.output and "[destructive]" in result.output

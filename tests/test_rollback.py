@@ -39,11 +39,11 @@ def test_rollback_restores_what_containment_replaced(aws_managed: boto3.Session,
                    "iam:UpdateAccessKey"]
     assert account_snapshot(aws_managed) == contained
 
-    paused = cli("rollback", run_id, "--output", "json", "--state-dir", state)
+    paused = cli("rollback", run_id, "--output", "json", "--reason", "decoy test", "--state-dir", state)
     assert paused.exit_code == 3  # the revert step is approval-gated like any other
 
     paused_id = json.loads(paused.stdout)["run_id"]
-    again = cli("rollback", run_id, "--approve-all", "--state-dir", state)
+    again = cli("rollback", run_id, "--approve-all", "--reason", "decoy test", "--state-dir", state)
     assert again.exit_code == 4 and paused_id in again.output  # the paused rollback holds the incident
     assert account_snapshot(aws_managed) == contained
     done = cli("resume", paused_id, "--approve-all", "--by", "alice", "--output", "json", "--state-dir", state)
@@ -61,5 +61,5 @@ def test_rollback_restores_what_containment_replaced(aws_managed: boto3.Session,
 
 
 def test_rollback_of_an_unfinished_or_empty_run_is_refused(aws: boto3.Session, tmp_path: Path) -> None:
-    out = cli("rollback", "r-missing", "--state-dir", str(tmp_path))
+    out = cli("rollback", "r-missing", "--false-positive", "--state-dir", str(tmp_path))
     assert out.exit_code == 2 and "no run 'r-missing'" in out.output
