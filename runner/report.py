@@ -548,11 +548,14 @@ def _attacker_section(activity: list[dict[str, Any]]) -> list[str]:
         return [*out, "No attributed attacker activity beyond the timeline above."]
     counts: dict[str, int] = {}
     for a in activity:
-        counts[a["outcome"]] = counts.get(a["outcome"], 0) + 1
+        counts[a.get("outcome", "listed")] = counts.get(a.get("outcome", "listed"), 0) + 1
     out += [", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(counts.items())) + ".", "",
             "| time (UTC) | call | resource | ATT&CK | outcome | why / what to do | event |",
             "|---|---|---|---|---|---|---|"]
-    for a in activity:
+    defaults = {"time": "", "event": "", "resource": "", "technique_id": "", "technique": "", "outcome": "listed",
+                "why": "", "event_id": ""}  # older run documents carry fewer keys
+    for given in activity:
+        a = {**defaults, **given}
         text = a["instruction"] if a["outcome"] in ("manual", "exposed") and a.get("instruction") else a["why"]
         if a.get("blind_period"):
             blind = a["blind_period"]

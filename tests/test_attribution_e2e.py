@@ -106,6 +106,7 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
             cluster="batch", services=["worker"])["services"]}
         # a false positive after all: rollback puts back exactly what the precise reversals recorded
         back = CliRunner().invoke(app, ["rollback", doc["run_id"], "--approve-all", "--by", "test", "--output", "json",
+                                        "--false-positive", "--reason", "the test says so",
                                         "--state-dir", str(tmp_path / "state")])
         restored = account_snapshot(session)["users"]["ops-oncall"]
         deploy_after_rollback = iam.list_role_policies(RoleName="deploy")["PolicyNames"]

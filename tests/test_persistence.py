@@ -403,6 +403,7 @@ def test_rollback_restores_each_undo_from_its_recorded_previous_value(
     assert {k: v for k, v in live_state(aws_managed, attacked).items() if k in CONTAINED} == CONTAINED
 
     back = cli("rollback", json.loads(run.stdout)["run_id"], "--approve-all", "--output", "json",
+               "--false-positive", "--reason", "drill: undo everything",
                "--state-dir", attacked["state"])
     doc = json.loads(back.stdout)
     assert back.exit_code == 5, back.output  # deleted console passwords cannot come back by API

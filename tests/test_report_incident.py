@@ -237,11 +237,13 @@ def test_incident_report_shows_every_run_in_order_and_counts_match_the_journal(l
         doc = json.loads(db.execute("SELECT result FROM runs WHERE run_id=?", (run2,)).fetchone()[0])
         doc["attacker_activity"] = [{"time": "2026-11-20T10:02:00Z", "event": "ecs:RunTask", "actor": "user:svc-metrics",
                                      "source_ip": "192.0.2.77", "user_agent": "aws-cli/2.13.1 md/Botocore",
-                                     "country": "NL", "detail": "analytics/etl-batch x 4"}]
+                                     "country": "NL", "resource": "analytics/etl-batch x 4", "event_id": "ev-77",
+                                     "technique_id": "T1610", "technique": "Deploy Container",
+                                     "outcome": "contained", "why": "belongs to an in-scope service"}]
         db.execute("UPDATE runs SET result=? WHERE run_id=?", (json.dumps(doc), run2))
     db.close()
     md = cli("report", life["incident"]["id"], "--state-dir", state).stdout
-    assert "### Attacker activity (CloudTrail)" in md and "analytics/etl-batch x 4" in md
+    assert "## Every attacker call and its outcome" in md and "analytics/etl-batch x 4" in md
     assert "aws-cli/2.13.1 md/Botocore" in md and "192.0.2.77" in md and "Locations: NL" in md
     for needle in ("## What the attacker did", "T1496.001", "## Runs", "cancelled: wrong config; starting over",
                    f"reverts {run2}", "restorable by a person", "## Estimated cost of the mining"):
