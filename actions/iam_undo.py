@@ -25,7 +25,7 @@ _KIND = {"user": ("User", "UserName"), "group": ("Group", "GroupName"), "role": 
 
 class ReversalRef(Ref):
     op: Literal["detach-policy", "delete-inline-policy", "remove-from-group", "deactivate-mfa", "revoke-sessions",
-                "manual"]
+                "restore-trust-policy", "manual"]
     kind: Literal["user", "group", "role"]
     name: str
     arn: str
@@ -35,6 +35,9 @@ class ReversalRef(Ref):
     group: str | None = None
     serial: str | None = None
     instructions: str | None = None
+    #: restore-trust-policy: the trust policy before the attacker's change, and the attacker's own
+    document: Any = None
+    attacker_document: Any = None
 
 
 class ReversalParams(Params):
@@ -61,7 +64,8 @@ class UndoAttackerChanges(Action[ReversalParams]):
                    "iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy", "iam:GetUserPolicy",
                    "iam:GetGroupPolicy", "iam:GetRolePolicy", "iam:DeleteUserPolicy", "iam:DeleteGroupPolicy",
                    "iam:DeleteRolePolicy", "iam:PutUserPolicy", "iam:PutRolePolicy", "iam:ListGroupsForUser",
-                   "iam:RemoveUserFromGroup", "iam:ListMFADevices", "iam:DeactivateMFADevice")
+                   "iam:RemoveUserFromGroup", "iam:ListMFADevices", "iam:DeactivateMFADevice", "iam:GetRole",
+                   "iam:UpdateAssumeRolePolicy")
     risk = "reversible"
 
     def plan(self, ctx: ActionContext, params: ReversalParams) -> Plan:
@@ -102,6 +106,17 @@ class UndoAttackerChanges(Action[ReversalParams]):
                     return None
                 return Change("iam:DeactivateMFADevice", r.arn, {"UserName": r.name, "SerialNumber": r.serial},
                               previous={"Enabled": True}, reason=f"MFA device {r.serial} registered by {why}")
+            if r.op == "restore-trust-policy" and r.kind == "role" and r.document is not None:
+                current = iam.get_role(RoleName=r.name)["Role"]["AssumeRolePolicyDocument"]
+                wanted = as_doc(r.document)
+                if as_doc(current) == wanted:
+                    return None
+                if r.attacker_document is not None and as_doc(current) != as_doc(r.attacker_document):
+                    return None  # changed again since the attacker: not ours to overwrite (the plan notes it)
+                return Change("iam:UpdateAssumeRolePolicy", r.arn,
+                              {"RoleName": r.name, "PolicyDocument": json.dumps(wanted)},
+                              previous={"PolicyDocument": as_doc(current)},
+                              reason=f"trust policy of role {r.name} replaced by {why}: the one before it is restored")
             if r.op == "revoke-sessions" and r.kind in ("user", "role"):
                 try:
                     current = getattr(iam, f"get_{r.kind}_policy")(**{key: r.name, "PolicyName": REVOKE_POLICY})
@@ -128,6 +143,18 @@ class UndoAttackerChanges(Action[ReversalParams]):
         iam = ctx.aws.client("iam")
         method = getattr(iam, _snake(change.operation.split(":", 1)[1]))
         return tolerant_call(method, change.params, "NoSuchEntity")
+
+
+def as_doc(value: Any) -> Any:
+    """A policy document as data (IAM returns it parsed or URL-decoded text, CloudTrail as text)."""
+    if isinstance(value, str):
+        from urllib.parse import unquote
+
+        try:
+            return json.loads(unquote(value) if value.startswith("%7B") else value)
+        except ValueError:
+            return value
+    return value
 
 
 def _revokes_since(doc: Any, window_start: str | None) -> bool:

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.common import is_code, paginate, tolerant_call
+from actions.iam_undo import as_doc
 from actions.registry import register
 from actions.triage import UndoAction
 
@@ -86,6 +87,11 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
         return Change(op.replace("Delete", "Put"), target,
                       {**p, "PolicyDocument": doc if isinstance(doc, str) else json.dumps(doc)},
                       previous={"PolicyDocument": None}, reason=f"{why}: put inline policy {p['PolicyName']} back")
+    if op == "iam:UpdateAssumeRolePolicy" and prev.get("PolicyDocument") is not None:
+        doc = prev["PolicyDocument"]
+        return Change(op, target, {**p, "PolicyDocument": doc if isinstance(doc, str) else json.dumps(doc)},
+                      previous={"PolicyDocument": p["PolicyDocument"]},
+                      reason=f"{why}: role {p['RoleName']} gets back the trust policy it had")
     if op == "iam:RemoveUserFromGroup":
         return Change("iam:AddUserToGroup", target, dict(p), previous={"MemberOf": None},
                       reason=f"{why}: {p['UserName']} back into {p['GroupName']}")
@@ -116,7 +122,7 @@ class RevertChanges(Action[RevertParams]):
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
                    "sts:AssumeRole", "organizations:ListPolicies", "organizations:ListPoliciesForTarget",
-                   "organizations:DetachPolicy", *UNDO_PERMISSIONS)
+                   "organizations:DetachPolicy", "iam:GetRole", "iam:UpdateAssumeRolePolicy", *UNDO_PERMISSIONS)
     risk = "reversible"
     ordered = True
 
@@ -163,6 +169,9 @@ class RevertChanges(Action[RevertParams]):
                 doc = current["PolicyDocument"]
                 return bool((json.loads(doc) if isinstance(doc, str) else doc) ==
                             (json.loads(wanted) if isinstance(wanted, str) else wanted))
+            if c.operation == "iam:UpdateAssumeRolePolicy":
+                current = iam.get_role(RoleName=p["RoleName"])["Role"]["AssumeRolePolicyDocument"]
+                return bool(as_doc(current) == as_doc(p["PolicyDocument"]))
             if c.operation == "iam:AddUserToGroup":
                 groups = paginate(iam, "list_groups_for_user", "Groups", UserName=p["UserName"])
                 return any(g["GroupName"] == p["GroupName"] for g in groups)

@@ -387,12 +387,15 @@ def _reversal(edge: Edge, kind: str, name: str, arn: str, graph: Attribution) ->
     if edge.kind == "mfa" and d.get("serial"):
         return {**base, "op": "deactivate-mfa", "serial": d["serial"]}
     if edge.kind == "trust-policy":
-        earlier = [e for e in graph.creators.values() if e.target_kind == "role" and e.target == name]
+        previous = graph.trust_before(name, edge)
+        if previous is not None:
+            return {**base, "op": "restore-trust-policy", "document": previous,
+                    "attacker_document": d.get("document")}
         return {**base, "op": "manual", "instructions": (
-            f"The attacker replaced the trust policy of existing role {name} ({edge.proof}). Restore the trust "
-            "policy from your infrastructure code or the role's last known good copy (the attacker's document is "
-            "in the evidence bundle); sessions the attacker obtained through it are revoked by the "
-            "revoke-role-sessions step." + (" CloudTrail also holds its creation." if earlier else ""))}
+            f"The attacker replaced the trust policy of existing role {name} ({edge.proof}) and the CloudTrail "
+            "records given do not show the policy before it. Restore it from your infrastructure code or the "
+            "role's last known good copy (the attacker's document is in the run's scope and evidence); sessions "
+            "the attacker obtained through it are revoked by undo-attacker-changes.")}
     if edge.kind in ("assumed-role", "session"):
         return {**base, "op": "revoke-sessions", "issued_by": edge.detail.get("access_key_id")}
     return None

@@ -24,6 +24,8 @@ from tests.conftest import write_json
 NAMES = {"user": "svc-metrics", "group": "data-eng", "cluster": "nightly", "service": "etl",
          "image": "ghcr.io/someone/cpuminer-opt:v3.8"}
 ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+OUTSIDE_TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"AWS": "arn:aws:iam::999988887777:root"}}]})
 TRUST = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                             "Principal": {"Service": "ecs-tasks.amazonaws.com"}}]})
 
@@ -75,6 +77,12 @@ def build(session: boto3.Session) -> dict[str, Any]:
     trail.add(me, "sts", "AssumeRole", {"roleArn": "arn:aws:iam::123456789012:role/deploy", "roleSessionName": "s"},
               {"credentials": {"accessKeyId": "ASIADEPLOYSESSION001"},
                "assumedRoleUser": {"arn": "arn:aws:sts::123456789012:assumed-role/deploy/s"}})
+    # the attacker opens the existing role to an outside account; the trail also holds the role's creation
+    created = trail.add(trail.user("alice", seeded["alice_key"]["AccessKeyId"]), "iam", "CreateRole",
+                        {"roleName": "deploy", "assumeRolePolicyDocument": TRUST})
+    created["eventTime"] = "2026-01-05T08:00:00Z"
+    iam.update_assume_role_policy(RoleName="deploy", PolicyDocument=OUTSIDE_TRUST)
+    trail.add(root, "iam", "UpdateAssumeRolePolicy", {"roleName": "deploy", "policyDocument": OUTSIDE_TRUST})
     # root starts a service with an innocuous image
     _service(session.client("ecs"), network(session), "batch", "worker", "python:3.12", 2)
     trail.add(root, "ecs", "CreateService", {"cluster": "batch", "serviceName": "worker", "desiredCount": 2})
@@ -102,6 +110,7 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
         after = account_snapshot(session)
         iam = session.client("iam")
         deploy_policies = iam.list_role_policies(RoleName="deploy")["PolicyNames"]
+        deploy_trust = iam.get_role(RoleName="deploy")["Role"]["AssumeRolePolicyDocument"]
         services = {s["serviceName"]: s["desiredCount"] for s in session.client("ecs").describe_services(
             cluster="batch", services=["worker"])["services"]}
         # a false positive after all: rollback puts back exactly what the precise reversals recorded
@@ -132,6 +141,7 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
     assert "Allow" in json.dumps(deleted["previous"]["PolicyDocument"])  # kept as the previous value
     # the existing role: the attacker's sessions revoked, not locked out
     assert deploy_policies == ["stanch-revoke-older-sessions"]
+    assert deploy_trust == json.loads(TRUST)  # the trust policy before the attacker's, from the trail
     # root-created work, whatever its image
     assert services == {"worker": 0}
     # everything created inside the window by others, and the protected principals, untouched

@@ -96,6 +96,8 @@ class Attribution:
     events: list[dict[str, Any]] = field(default_factory=list)
     #: (kind, name) -> the creation, by anyone (the attacker or not)
     creators: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    #: role name -> every trust policy CloudTrail shows it given (time, event id, document), anyone's
+    trust_history: dict[str, list[tuple[str, str, Any]]] = field(default_factory=dict)
     records: int = 0
     sources: list[str] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
@@ -122,6 +124,14 @@ class Attribution:
         if edge is None or name in attacker.get(kind, {}):
             return None
         return edge
+
+    def trust_before(self, role: str, edge: Edge) -> Any:
+        """The role's trust policy as someone other than the attacker last set it before `edge`, if the
+        records show it (a CreateRole or an UpdateAssumeRolePolicy); else None."""
+        attacker_events = {e.event_id for e in self.edges if e.event_id}
+        earlier = [doc for when, event_id, doc in self.trust_history.get(role, [])
+                   if when < edge.time and event_id not in attacker_events and doc is not None]
+        return earlier[-1] if earlier else None
 
     def on(self, kind: str, name: str) -> list[Edge]:
         """Every attributed change made to the identity `kind name`."""
@@ -298,6 +308,12 @@ def attribute(records: list[dict[str, Any]], seeds: Seeds, *, sources: list[str]
     out.records = len(timed)
     start = seeds.window_start - timedelta(seconds=1) if seeds.window_start else None
     in_window = [r for when, r in timed if start is None or when >= start]
+    for _, r in timed:  # the trust policies a role had, from before the window too
+        req = params(r)
+        if not failed(r) and r.get("eventName") in ("CreateRole", "UpdateAssumeRolePolicy") and req.get("roleName"):
+            doc = req.get("assumeRolePolicyDocument") or req.get("policyDocument")
+            out.trust_history.setdefault(str(req["roleName"]), []).append(
+                (str(r.get("eventTime")), str(r.get("eventID") or ""), _doc(doc)))
     for r in in_window:
         if not failed(r):
             closure.note_creation(r)
