@@ -24,6 +24,10 @@ class _Section(BaseModel):
 class RunnerSection(_Section):
     max_workers: int = Field(8, ge=1, le=64)
     max_changes_per_step: int = Field(50, ge=1)
+    #: steps the cap never holds back: revoking keys and stopping miners are what an attacker that
+    #: creates many identities must not be able to switch off
+    uncapped_steps: list[str] = Field(default_factory=lambda: ["deactivate-keys", "scale-miner-services",
+                                                               "stop-miner-tasks"])
 
 
 class AwsSection(_Section):

@@ -139,6 +139,8 @@ class Engine:
         #: held for lifecycle transitions, guardrail checks and prompts, which steps reach from threads
         self._lock = threading.RLock()
         self._forced_gates: set[str] = set()
+        #: steps over the per-step cap: they wait for their own approval, like `approval: explicit`
+        self._capped: dict[str, str] = {}
         self._refusal: str | None = None
         self._resumed = False
 
@@ -349,7 +351,7 @@ class Engine:
         window or attributed to the attacker: a likely evasion, contained only through a gated step).
         A change that removes a protected principal's last admin path is refused, unless the attacker
         made that path (then the step is gated, with the reason)."""
-        cap = self.options.max_changes or self.config.runner.max_changes_per_step
+        cap = self.options.max_changes or self.config.runner.max_changes_per_step  # --max-changes pre-approves
         scope = self._scope()
         # protected-looking principals that gated steps may change, as discovery (or a rollback of a run
         # that changed them) publishes them
@@ -376,9 +378,15 @@ class Engine:
                                                             f"{principal}, which the attacker made: approval needed")
                 else:
                     problems.append(f"it would remove the last admin path of protected principal {principal}")
-            if len(plan.changes) > cap:
-                problems.append(f"{len(plan.changes)} changes exceed the cap of {cap} per step "
-                                f"(raise it with --max-changes {len(plan.changes)} if this is intended)")
+            if len(plan.changes) > cap and step.id not in self.config.runner.uncapped_steps:
+                sample = ", ".join(c.target.rsplit("/", 1)[-1] for c in plan.changes[:5])
+                note = (f"{len(plan.changes)} changes exceed the cap of {cap} per step: this step waits for its own "
+                        f"approval (stanch approve {self.run.run_id} --step {step.id}, or --max-changes "
+                        f"{len(plan.changes)}); sample: {sample}, ...")
+                self._capped[step.id] = note
+                if note not in plan.notes:
+                    plan.notes.append(note)
+                self._event("guard.capped", step, changes=len(plan.changes), message=note)
             if problems:
                 state = self.states[step.id]
                 state.status, state.error = "refused", "; ".join(dict.fromkeys(problems))
@@ -388,7 +396,7 @@ class Engine:
         return None
 
     def _needs_approval(self, step: Step) -> bool:
-        return step.approval != "auto" or step.id in self._forced_gates \
+        return step.approval != "auto" or step.id in self._forced_gates or step.id in self._capped \
             or self.actions[step.id].risk in self.config.approval.require_for_tiers
 
     def _gate(self, step: Step) -> bool:
@@ -403,7 +411,7 @@ class Engine:
         if recorded:
             self._event("approval.stale", step, message="the plan changed since it was approved; approve again")
         pre = None
-        explicit = step.approval == "explicit"  # only this step's own approval counts
+        explicit = step.approval == "explicit" or step.id in self._capped  # only this step's own approval counts
         if step.id in self.options.approve:
             pre = f"pre-approved with --approve {step.id}"
         elif self.options.approve_all and not explicit:

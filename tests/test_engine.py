@@ -206,15 +206,26 @@ def test_cancel_releases_the_incident(tmp_path: Path) -> None:
     assert any(e["event"] == "run.cancelled" for e in audit(tmp_path))
 
 
-def test_cap_on_changes_refuses_with_exit_4_unless_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    world = fakes.reset({f"k{i}": "on" for i in range(60)})
-    pb = pb_file(tmp_path, "  - id: turn-off\n    action: fake.set\n    with: {keys: '{{ scope.keys }}'}\n")
-    out = run(tmp_path, pb)
-    assert out.exit_code == 4 and out.result["status"] == "refused"
-    assert "exceed the cap of 50" in out.result["steps"][1]["error"]
-    assert world.applied == []
-    assert run(tmp_path, pb, max_changes=60).exit_code == 0
-    assert len(world.applied) == 60
+def test_over_the_cap_a_step_waits_for_its_own_approval_while_the_others_go_on(tmp_path: Path) -> None:
+    a, b = [f"a{i}" for i in range(61)], [f"b{i}" for i in range(60)]
+    world = fakes.reset({**dict.fromkeys(a + b, "on"), "miner": "on"})
+    pb = pb_file(tmp_path, f"  - id: turn-off\n    action: fake.set\n    with: {{keys: [{', '.join(a)}]}}\n"
+                           f"  - id: deactivate-keys\n    action: fake.set\n    with: {{keys: [{', '.join(b)}]}}\n"
+                           "  - id: other\n    action: fake.set\n    with: {keys: [miner]}\n")
+    out = run(tmp_path, pb, approve_all=True)
+    by_id = {s["id"]: s for s in out.result["steps"]}
+    assert out.exit_code == 3 and by_id["turn-off"]["status"] == "awaiting_approval"
+    assert any("61 changes exceed the cap of 50" in n and "sample: a0" in n for n in by_id["turn-off"]["notes"])
+    assert by_id["deactivate-keys"]["status"] == "applied"  # 60 changes, never held back by the cap
+    assert by_id["other"]["status"] == "applied" and world.values["miner"] == "off"
+    assert world.values["a0"] == "on"
+    again = resume(tmp_path, out.result["run_id"], approve_all=True)  # --approve-all does not cover the cap
+    assert again.exit_code == 3
+    done = resume(tmp_path, out.result["run_id"], approve=("turn-off",))
+    assert done.exit_code == 0, done.result
+    assert all(world.values[k] == "off" for k in a)
+    fakes.reset({**dict.fromkeys(a + b, "on"), "miner": "on"})
+    assert run(tmp_path / "raised", pb, max_changes=70).exit_code == 0  # --max-changes pre-approves it
 
 
 def test_protected_and_own_identity_are_never_touched(tmp_path: Path) -> None:
