@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from runner.regions import Coverage
+
 if TYPE_CHECKING:
     from runner.aws import AwsSession
     from runner.config import Config, RiskTier
@@ -103,6 +105,8 @@ class ActionContext:
     protected: Callable[[str, str], bool]
     #: where this run's evidence bundle goes (state_dir/evidence/<incident>/<run>)
     evidence_dir: Path | None = None
+    #: what the run searched (regions, services, gaps); see runner/regions.py
+    coverage: Coverage = field(default_factory=Coverage)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order."""
@@ -124,6 +128,8 @@ class Action(ABC, Generic[P]):
     publishes: ClassVar[str | None] = None
     #: apply this step's changes one after another instead of concurrently
     ordered: ClassVar[bool] = False
+    #: this action's manual instructions come before every other output (e.g. live root credentials)
+    manual_first: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: ActionContext, params: P) -> Plan:

@@ -7,7 +7,8 @@ from typing import Any
 
 from actions.base import Action
 
-BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback")
+BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.ecs", "actions.evidence", "actions.rollback",
+                   "actions.autoscaling", "actions.events", "actions.ec2")
 
 
 class Registry:

@@ -55,6 +55,20 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
     if op == "ecs:UpdateService" and "desiredCount" in prev:
         return Change(op, target, {**p, "desiredCount": prev["desiredCount"]}, previous={"desiredCount": 0},
                       reason=f"{why}: {p['service']} back to {prev['desiredCount']} task(s)")
+    if op == "application-autoscaling:RegisterScalableTarget" and "MinCapacity" in prev:
+        restored = {**p, "MinCapacity": prev["MinCapacity"], "SuspendedState": prev.get("SuspendedState") or {}}
+        return Change(op, target, restored, previous={"MinCapacity": p["MinCapacity"]},
+                      reason=f"{why}: auto scaling of {p['ResourceId']} back to min {prev['MinCapacity']}, "
+                             f"activities resumed as they were")
+    if op == "events:DisableRule":
+        return Change("events:EnableRule", target, dict(p), previous={"State": "DISABLED"},
+                      reason=f"{why}: enable rule {p['Name']} again")
+    if op == "scheduler:UpdateSchedule" and "State" in prev:
+        return Change(op, target, {**p, "State": prev["State"]}, previous={"State": p["State"]},
+                      reason=f"{why}: schedule {p['GroupName']}/{p['Name']} back to {prev['State']}")
+    if op == "ec2:StopInstances" and prev.get("State") in ("running", "pending"):
+        return Change("ec2:StartInstances", target, dict(p), previous={"State": "stopped"},
+                      reason=f"{why}: start {', '.join(p['InstanceIds'])} again")
     if op == "organizations:AttachPolicy":
         return Change("organizations:DetachPolicy", target, dict(p), previous={"Attached": True},
                       reason=f"{why}: detach SCP {p['PolicyName']}")
@@ -75,7 +89,10 @@ class RevertChanges(Action[RevertParams]):
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
                    "sts:AssumeRole", "organizations:ListPolicies", "organizations:ListPoliciesForTarget",
-                   "organizations:DetachPolicy")
+                   "organizations:DetachPolicy", "application-autoscaling:DescribeScalableTargets",
+                   "application-autoscaling:RegisterScalableTarget", "events:DescribeRule", "events:EnableRule",
+                   "scheduler:GetSchedule", "scheduler:UpdateSchedule", "iam:PassRole", "ec2:DescribeInstances",
+                   "ec2:StartInstances")
     risk = "reversible"
     ordered = True
 
@@ -117,19 +134,51 @@ class RevertChanges(Action[RevertParams]):
                 ecs = ctx.aws.client("ecs", c.target.split(":")[3])
                 found = ecs.describe_services(cluster=p["cluster"], services=[p["service"]])["services"]
                 return not found or found[0].get("status") != "ACTIVE" or found[0]["desiredCount"] == p["desiredCount"]
+            if c.operation == "application-autoscaling:RegisterScalableTarget":
+                aas = ctx.aws.client("application-autoscaling", c.target.split(":")[3])
+                found = aas.describe_scalable_targets(ServiceNamespace=p["ServiceNamespace"],
+                                                      ResourceIds=[p["ResourceId"]],
+                                                      ScalableDimension=p["ScalableDimension"])["ScalableTargets"]
+                return not found or (found[0]["MinCapacity"] == p["MinCapacity"] and {
+                    k: bool(v) for k, v in (found[0].get("SuspendedState") or {}).items()} == {
+                    k: bool(v) for k, v in p["SuspendedState"].items()})
+            if c.operation == "events:EnableRule":
+                events = ctx.aws.client("events", c.target.split(":")[3])
+                return str(events.describe_rule(Name=p["Name"], EventBusName=p["EventBusName"]).get("State")) \
+                    == "ENABLED"
+            if c.operation == "scheduler:UpdateSchedule":
+                sched = ctx.aws.client("scheduler", c.target.split(":")[3])
+                return str(sched.get_schedule(Name=p["Name"], GroupName=p["GroupName"]).get("State")) == str(p["State"])
+            if c.operation == "ec2:StartInstances":
+                ec2 = ctx.aws.client("ec2", c.target.split(":")[3])
+                states = [i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=p["InstanceIds"])[
+                    "Reservations"] for i in r["Instances"]]
+                return all(st in ("running", "pending", "terminated", "shutting-down") for st in states)
             if c.operation == "organizations:DetachPolicy":
                 orgs = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).client("organizations")
                 pols = paginate(orgs, "list_policies_for_target", "Policies", TargetId=p["TargetId"],
                                 Filter="SERVICE_CONTROL_POLICY")
                 return not any(x["Name"] == p["PolicyName"] for x in pols)
         except ClientError as exc:
-            if is_code(exc, "NoSuchEntity"):
-                return True  # the principal or policy is gone: nothing to put back
+            if is_code(exc, "NoSuchEntity", "ResourceNotFoundException", "InvalidInstanceID.NotFound"):
+                return True  # the principal, policy, rule, schedule or instance is gone: nothing to put back
             raise
         return False
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         op, p = change.operation, change.params
+        region = change.target.split(":")[3]
+        if op == "application-autoscaling:RegisterScalableTarget":
+            ctx.aws.client("application-autoscaling", region).register_scalable_target(**p)
+            return "applied"
+        if op == "events:EnableRule":
+            return tolerant_call(ctx.aws.client("events", region).enable_rule, p, "ResourceNotFoundException")
+        if op == "scheduler:UpdateSchedule":
+            from actions.events import set_schedule_state
+
+            return set_schedule_state(ctx, region, p["Name"], p["GroupName"], p["State"])
+        if op == "ec2:StartInstances":
+            return tolerant_call(ctx.aws.client("ec2", region).start_instances, p, "InvalidInstanceID.NotFound")
         if op.startswith("ecs:"):
             return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).update_service, p,
                                  "ServiceNotFoundException", "ServiceNotActiveException")

@@ -22,6 +22,7 @@ from runner.incident import (
     RootPrincipal,
     UserPrincipal,
 )
+from runner.regions import scan_regions, search_regions
 
 
 @dataclass
@@ -227,7 +228,7 @@ class DiscoverScope(Action[NoParams]):
             "users": users.out(), "groups": groups.out(), "roles": roles.out(), "access_keys": keys.out(),
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
             "ecs_task_definitions": [{"arn": a, "label": a.rsplit("/", 1)[-1]} for a in task_defs],
-            "excluded": excluded + ecs_excluded, "missing": missing,
+            "excluded": excluded + ecs_excluded, "missing": missing, "attacker_events": [], "attacker_principals": [],
         }
         return Plan(outputs=scope, notes=missing + trail_notes)
 
@@ -242,7 +243,7 @@ def discover_ecs(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """ECS services and tasks in scope, per region, and the services left alone."""
     inc = ctx.incident
-    regions = list(dict.fromkeys([inc.region, *ctx.config.aws.extra_regions]))
+    regions = search_regions(ctx)
     patterns = [*inc.indicators.images, *ctx.config.discovery.miner_patterns]
     named_services = {(r.cluster, r.name) for r in inc.resources if isinstance(r, EcsServiceResource)}
     named_clusters = {r.name for r in inc.resources if isinstance(r, EcsClusterResource)}
@@ -320,7 +321,7 @@ def discover_ecs(
     services: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     left: list[dict[str, Any]] = []
-    for s, t, lo in ctx.fanout(region_scan, regions):
+    for s, t, lo in scan_regions(ctx, "ecs", region_scan, regions):
         services += s
         tasks += t
         left += lo

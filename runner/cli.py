@@ -109,6 +109,9 @@ def emit(result: dict[str, Any], output: Output) -> None:
         return
     err("")
     status = result["status"]
+    urgent = [m for m in result.get("manual_actions", []) if m.get("first")]
+    for m in urgent:  # live root credentials undo everything else: say so before anything else
+        typer.echo(f"MANUAL ACTION FIRST ({m['step']}):\n{m['instructions']}\n")
     typer.echo(f"run {result['run_id']}  incident {result['incident_id']}  playbook {result['playbook']}"
                f"{'  (dry run)' if result.get('dry_run') else ''}")
     scope = result.get("scope")
@@ -139,7 +142,15 @@ def emit(result: dict[str, Any], output: Output) -> None:
         for v in step.get("verification", []):
             typer.echo(f"      verify: {v}")
     for m in result.get("manual_actions", []):
-        typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
+        if not m.get("first"):
+            typer.echo(f"\nMANUAL ACTION ({m['step']}):\n{m['instructions']}")
+    coverage = result.get("coverage") or {}
+    if coverage.get("regions"):
+        typer.echo(f"\nSearched {len(coverage['regions'])} region(s) ({coverage.get('region_source') or 'config'}): "
+                   f"{', '.join(coverage['regions'])}")
+    for gap in coverage.get("gaps", []):
+        kind = "NOT SEARCHED" if gap.get("blocking", True) else "note"
+        typer.echo(f"  {kind}: {gap['service']} in {gap['region']}: {gap['error']}")
     metrics = result.get("metrics") or {}
     if metrics:
         def secs(key: str) -> str:

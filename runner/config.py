@@ -31,6 +31,9 @@ class AwsSection(_Section):
     max_attempts: int = Field(4, ge=1, le=10)
     connect_timeout: float = Field(5, gt=0)
     read_timeout: float = Field(20, gt=0)
+    #: regions to search; empty: every region enabled for the account (the home region always)
+    regions: list[str] = Field(default_factory=list)
+    #: deprecated: every enabled region is searched by default; these are added to `regions`
     extra_regions: list[str] = Field(default_factory=list)
 
 

@@ -38,6 +38,7 @@ from runner.incident import Incident, format_loc
 from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso
 from runner.lifecycle import RunLifecycle
 from runner.playbook import Playbook, Step
+from runner.regions import Coverage
 from runner.templates import TemplateError, render
 
 #: step statuses after which a step is finished and its dependents may start
@@ -124,6 +125,9 @@ class Engine:
         self._stop_scheduling = False
         self._refusal: str | None = None
         self._resumed = False
+        #: what this run searched; a resumed run keeps what its earlier process recorded
+        self.coverage = Coverage()
+        self.coverage.merge_json((run.result or {}).get("coverage"))
 
     # ------------------------------------------------------------------ plumbing
     def _action(self, step: Step) -> Action[Any]:
@@ -185,7 +189,7 @@ class Engine:
             ctx = ActionContext(
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=datetime.now(UTC), fanout_pool=calls_pool, protected=self._is_protected,
-                evidence_dir=self.evidence_dir,
+                evidence_dir=self.evidence_dir, coverage=self.coverage,
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn
@@ -443,9 +447,14 @@ class Engine:
             states = [self.states[s.id] for s in self.playbook.steps]
             bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
                    or st.verify_failures]
+            blind = self.coverage.blocking_gaps()
+            for gap in blind:
+                self.log.info("coverage.gap", region=gap.region, service=gap.service, error=gap.error)
             if bad:
                 applied = any(st.status in ("applied", "manual") for st in states)
                 self.lifecycle.fire("contain_partially" if applied else "fail")
+            elif blind:  # what could not be searched may still hold attacker activity
+                self.lifecycle.fire("contain_partially")
             elif any(st.status == "manual" for st in states):
                 self.lifecycle.fire("need_manual")
             else:
@@ -494,7 +503,10 @@ class Engine:
             if plan.notes:
                 entry["notes"] = plan.notes
             steps.append(entry)
-            manual += [{"step": step.id, "instructions": text} for text in plan.manual]
+            first = self.actions[step.id].manual_first
+            manual += [{"step": step.id, "instructions": text, **({"first": True} if first else {})}
+                       for text in plan.manual]
+        manual.sort(key=lambda m: not m.get("first"))  # stable: urgent ones first, the rest in step order
         doc: dict[str, Any] = {
             "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
@@ -502,6 +514,9 @@ class Engine:
         }
         if self._refusal:
             doc["error"] = self._refusal
+        elif self.coverage.blocking_gaps() and self.lifecycle.state == "partially_contained":
+            doc["error"] = "not everything could be searched, so containment is not confirmed: " + "; ".join(
+                f"{g.service} in {g.region} ({g.error})" for g in self.coverage.blocking_gaps())
         scope = self._template_scope().get("scope")
         if scope is not None:
             doc["scope"] = scope
@@ -510,6 +525,7 @@ class Engine:
             if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):
                 doc["evidence"] = {"path": captured.outputs["path"],
                                    "manifest_sha256": captured.outputs["manifest_sha256"]}
+        doc["coverage"] = self.coverage.to_json()
         doc["metrics"] = self.metrics()
         return doc
 
