@@ -325,14 +325,24 @@ def deny_root_scp() -> str:
 
 
 def _root_manual(acct: str, key: str, why: str = "") -> str:
+    """Everything a person must do when root credentials cannot be revoked by the runner."""
     return "\n".join([
-        f"Root access key {key} of account {acct} must be deleted by a person{why}:",
-        f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user).",
-        "  2. Open the account menu > Security credentials > Access keys.",
-        f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
-        "root access key too: the root user should have none.",
-        "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
-        "  5. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
+        f"DO THIS FIRST: the root credentials of account {acct} are compromised and still live{why}. While they "
+        "are, the attacker can undo every other containment step. Root access key {key} and every other root "
+        "artefact must be revoked by a person, now:".replace("{key}", key),
+        f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user). If the password or "
+        "the account e-mail no longer works, the attacker changed it: use 'Forgot password' and contact AWS "
+        "Support at once.",
+        f"  2. Account menu > Security credentials > Access keys: delete key {key} and every other root access "
+        "key (the root user should have none).",
+        "  3. Same page, X.509 signing certificates: delete every root signing certificate.",
+        "  4. Same page, MFA: remove every MFA device you do not recognise, then register your own.",
+        "  5. Change the root password.",
+        "  6. Account settings: check the account e-mail address and the alternate contacts (billing, operations, "
+        "security) and restore anything the attacker changed.",
+        "  7. Root session tokens already issued stay valid until they expire: no API revokes them. Keep the other "
+        "containment in place and check again afterwards with `stanch verify RUN_ID`.",
+        "  8. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
     ])
 
 
@@ -351,6 +361,7 @@ class ContainRootCredentials(Action[RootParams]):
     `iam.delete-root-access-keys`. Otherwise the responder gets the exact manual steps."""
 
     name = "iam.contain-root-credentials"
+    manual_first = True
     summary = "Root keys: SCP denying the root principal (Organizations member) or exact manual steps"
     params_model = RootParams
     permissions = ("iam:GetAccountSummary", "sts:AssumeRole", "organizations:DescribeOrganization",
@@ -415,31 +426,79 @@ class ContainRootCredentials(Action[RootParams]):
         return "applied"
 
 
+#: the feature of IAM's centralized root access that lets sts:AssumeRoot delete root credentials
+ROOT_CREDENTIALS_MANAGEMENT = "RootCredentialsManagement"
+
+
 @register
 class DeleteRootAccessKeys(Action[RootParams]):
-    """Delete the root user's access keys through sts:AssumeRoot with the
-    IAMDeleteRootUserCredentials task policy (centralized root access). Irreversible."""
+    """Delete every root credential of a member account through sts:AssumeRoot with the
+    IAMDeleteRootUserCredentials task policy: access keys, signing certificates, the console password
+    and MFA devices, each its own change. Only after checking that centralized root access
+    (RootCredentialsManagement) is enabled for the organization. Irreversible."""
 
     name = "iam.delete-root-access-keys"
-    summary = "Delete root access keys via sts:AssumeRoot (Organizations member accounts; irreversible)"
+    summary = "Delete root access keys, signing certificates, password and MFA via sts:AssumeRoot (irreversible)"
     params_model = RootParams
-    permissions = ("sts:AssumeRole", "sts:AssumeRoot", "iam:ListAccessKeys", "iam:DeleteAccessKey")
+    permissions = ("sts:AssumeRole", "sts:AssumeRoot", "iam:ListOrganizationsFeatures",
+                   "organizations:DescribeOrganization", "iam:ListAccessKeys", "iam:DeleteAccessKey",
+                   "iam:ListSigningCertificates", "iam:DeleteSigningCertificate", "iam:GetLoginProfile",
+                   "iam:DeleteLoginProfile", "iam:ListMFADevices", "iam:DeactivateMFADevice")
     risk = "irreversible"
+    manual_first = True
 
     def plan(self, ctx: ActionContext, params: RootParams) -> Plan:
         role = ctx.config.root.organizations_role_arn
         if not role:
             return Plan(notes=["no Organizations role configured: root keys are a manual action"])
         acct = ctx.incident.account_id
-        root = ctx.aws.assume_role(role).assume_root(acct)
-        keys = list(paginate(root.client("iam"), "list_access_keys", "AccessKeyMetadata"))
-        return Plan(changes=[
-            Change("iam:DeleteAccessKey", f"arn:aws:iam::{acct}:root", {"AccessKeyId": k["AccessKeyId"]},
+        org = ctx.aws.assume_role(role)
+        if org.client("organizations").describe_organization()["Organization"]["MasterAccountId"] == acct:
+            return Plan(notes=["the management account's root cannot be assumed: root keys are a manual action"])
+        try:
+            features = org.client("iam").list_organizations_features().get("EnabledFeatures", [])
+        except ClientError as exc:
+            if not is_code(exc, "OrganizationNotFoundException", "ServiceAccessNotEnabledException",
+                           "AccessDenied", "AccessDeniedException"):
+                raise
+            features = []
+        if ROOT_CREDENTIALS_MANAGEMENT not in features:
+            key = params.access_key_id or "(see the root user's security credentials)"
+            return Plan(manual=[_root_manual(acct, key, " (centralized root access, RootCredentialsManagement, "
+                                                        "is not enabled for the organization, so sts:AssumeRoot "
+                                                        "cannot delete them)")])
+        iam = org.assume_root(acct).client("iam")
+        target = f"arn:aws:iam::{acct}:root"
+        changes = [
+            Change("iam:DeleteAccessKey", target, {"AccessKeyId": k["AccessKeyId"]},
                    previous={"Status": k["Status"], "CreateDate": iso(k.get("CreateDate"))},
                    reason="root access key" + (" used by the attacker" if k["AccessKeyId"] == params.access_key_id
                                                else " (the root user should have none)"))
-            for k in keys])
+            for k in paginate(iam, "list_access_keys", "AccessKeyMetadata")]
+        changes += [
+            Change("iam:DeleteSigningCertificate", target, {"CertificateId": c["CertificateId"]},
+                   previous={"Status": c.get("Status"), "UploadDate": iso(c.get("UploadDate"))},
+                   reason="root signing certificate (signs requests like an access key)")
+            for c in paginate(iam, "list_signing_certificates", "Certificates")]
+        try:
+            profile = iam.get_login_profile()["LoginProfile"]
+            changes.append(Change("iam:DeleteLoginProfile", target, {},
+                                  previous={"LoginProfile": "present", "CreateDate": iso(profile.get("CreateDate"))},
+                                  reason="root console password (centralized root access: members need none)"))
+        except ClientError as exc:
+            if not is_code(exc, "NoSuchEntity"):
+                raise
+        changes += [
+            Change("iam:DeactivateMFADevice", target, {"SerialNumber": d["SerialNumber"]},
+                   previous={"Enabled": True, "EnableDate": iso(d.get("EnableDate"))},
+                   reason="root MFA device (may be the attacker's)")
+            for d in paginate(iam, "list_mfa_devices", "MFADevices")]
+        return Plan(changes=changes)
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        root = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id)
-        return tolerant_call(root.client("iam").delete_access_key, change.params, "NoSuchEntity")
+        iam = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id) \
+            .client("iam")
+        call = {"iam:DeleteAccessKey": iam.delete_access_key, "iam:DeleteSigningCertificate":
+                iam.delete_signing_certificate, "iam:DeleteLoginProfile": iam.delete_login_profile,
+                "iam:DeactivateMFADevice": iam.deactivate_mfa_device}[change.operation]
+        return tolerant_call(call, change.params, "NoSuchEntity")

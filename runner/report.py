@@ -185,6 +185,7 @@ def build_report(run_id: str, state: Path) -> dict[str, Any]:
                      "ecs_services": services, "root_access_key": root_key},
         "actions_taken": actions, "left_alone": scope.get("excluded", []),
         "manual_actions": result.get("manual_actions", []), "not_done": pending,
+        "coverage": result.get("coverage") or {},
         "hardening_facts": facts, "evidence": {**(result.get("evidence") or {}), "gaps": gaps},
         "recommendations": _recommendations(facts, root_key),
     }
@@ -250,6 +251,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     out = [f"# Incident report {r['incident_id']}", "",
            f"Account {r['account_id']} ({r['region']}) · run {r['run_id']} · playbook {r['playbook']} · "
            f"status **{r['status']}** · generated {r['generated_at']}", "",
+           *[line for m in r["manual_actions"] if m.get("first")
+             for line in ("## Do this first", "", f"step `{m['step']}`:", "", "```", m["instructions"], "```", "")],
            "## Executive summary", "", r["executive_summary"], "",
            "## What happened", "", "| time (UTC) | who | what | source |", "|---|---|---|---|"]
     out += [f"| {t['time']} | {_md(t['who'])} | {_md(t['what'])} | {t['source']} |" for t in r["timeline"]]
@@ -262,6 +265,11 @@ def render_markdown(r: dict[str, Any]) -> str:
                 f"{a['result']} | {_md(a['approved_by'])} |" for a in r["actions_taken"]]
     else:
         out.append("No change was made.")
+    cov = r.get("coverage") or {}
+    out += ["", "## What was searched", ""]
+    out += [f"- {len(cov.get('regions', []))} region(s): {', '.join(cov.get('regions', [])) or 'not recorded'}"]
+    out += [f"- **not searched**: {g['service']} in {g['region']} ({_md(g['error'])})"
+            for g in cov.get("gaps", []) if g.get("blocking", True)]
     out += ["", "## Deliberately left alone", ""]
     out += [f"- **{e['kind']} {_md(e['name'])}**: {_md(e['reason'])}" for e in r["left_alone"]] or ["- nothing"]
     out += ["", "## Manual actions still required", ""]
