@@ -23,6 +23,7 @@ NOT_REVERSIBLE = {
     "ecs:StopTask": None,  # the service starts new tasks once its desired count is restored
     "organizations:CreatePolicy": None,  # detaching the SCP restores access; the policy itself is harmless
     "s3:PutObject": None,  # evidence stays
+    "iam:CreatePolicy": None,  # the managed quarantine policy is harmless once detached
 }
 
 
@@ -38,8 +39,16 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
     if op == "iam:UpdateAccessKey":
         return Change(op, target, {**p, "Status": prev.get("Status", "Active")}, previous={"Status": p["Status"]},
                       reason=f"{why}: access key {p['AccessKeyId']} back to {prev.get('Status', 'Active')}")
-    if op in ("iam:PutUserPolicy", "iam:PutRolePolicy"):
-        key = "UserName" if op == "iam:PutUserPolicy" else "RoleName"
+    if op in ("iam:DeleteUserPolicy", "iam:DeleteRolePolicy", "iam:DeleteGroupPolicy") and prev.get("PolicyDocument"):
+        doc = prev["PolicyDocument"]
+        return Change(op.replace("Delete", "Put"), target,
+                      {**p, "PolicyDocument": doc if isinstance(doc, str) else json.dumps(doc)},
+                      previous={"PolicyDocument": None}, reason=f"{why}: restore inline policy {p['PolicyName']}")
+    if op in ("iam:AttachUserPolicy", "iam:AttachRolePolicy", "iam:AttachGroupPolicy"):
+        return Change(op.replace("Attach", "Detach"), target, dict(p), previous={"Attached": p["PolicyArn"]},
+                      reason=f"{why}: detach {p['PolicyArn'].rsplit('/', 1)[-1]}")
+    if op in ("iam:PutUserPolicy", "iam:PutRolePolicy", "iam:PutGroupPolicy"):
+        key = {"iam:PutUserPolicy": "UserName", "iam:PutRolePolicy": "RoleName", "iam:PutGroupPolicy": "GroupName"}[op]
         if prev.get("PolicyDocument") is None:
             return Change(op.replace("Put", "Delete"), target, {key: p[key], "PolicyName": p["PolicyName"]},
                           previous={"PolicyName": p["PolicyName"]}, reason=f"{why}: remove the quarantine policy")
@@ -85,6 +94,8 @@ class RevertChanges(Action[RevertParams]):
     params_model = RevertParams
     permissions = ("iam:ListAccessKeys", "iam:UpdateAccessKey", "iam:GetUserPolicy", "iam:DeleteUserPolicy",
                    "iam:PutUserPolicy", "iam:GetRolePolicy", "iam:DeleteRolePolicy", "iam:PutRolePolicy",
+                   "iam:GetGroupPolicy", "iam:DeleteGroupPolicy", "iam:PutGroupPolicy", "iam:DetachUserPolicy",
+                   "iam:DetachRolePolicy", "iam:DetachGroupPolicy",
                    "iam:ListGroupsForUser", "iam:AddUserToGroup", "iam:ListAttachedUserPolicies",
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
@@ -116,12 +127,26 @@ class RevertChanges(Action[RevertParams]):
             if c.operation == "iam:UpdateAccessKey":
                 keys = paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=p["UserName"])
                 return any(k["AccessKeyId"] == p["AccessKeyId"] and k["Status"] == p["Status"] for k in keys)
-            if c.operation in ("iam:DeleteUserPolicy", "iam:DeleteRolePolicy"):
-                if c.operation == "iam:DeleteUserPolicy":
-                    iam.get_user_policy(UserName=p["UserName"], PolicyName=p["PolicyName"])
-                else:
-                    iam.get_role_policy(RoleName=p["RoleName"], PolicyName=p["PolicyName"])
+            if c.operation in ("iam:DeleteUserPolicy", "iam:DeleteRolePolicy", "iam:DeleteGroupPolicy"):
+                kind = c.operation.removeprefix("iam:Delete").removesuffix("Policy")
+                getattr(iam, f"get_{kind.lower()}_policy")(**{f"{kind}Name": p[f"{kind}Name"]},
+                                                           PolicyName=p["PolicyName"])
                 return False
+            if c.operation in ("iam:PutUserPolicy", "iam:PutRolePolicy", "iam:PutGroupPolicy"):
+                kind = c.operation.removeprefix("iam:Put").removesuffix("Policy")
+                try:
+                    doc = getattr(iam, f"get_{kind.lower()}_policy")(**{f"{kind}Name": p[f"{kind}Name"]},
+                                                                     PolicyName=p["PolicyName"])["PolicyDocument"]
+                except ClientError as exc:
+                    if not is_code(exc, "NoSuchEntity"):
+                        raise
+                    return False  # the policy is not there yet: put it back
+                return bool(doc == json.loads(p["PolicyDocument"]))
+            if c.operation.startswith("iam:Detach"):
+                kind = c.operation.removeprefix("iam:Detach").removesuffix("Policy")
+                attached = paginate(iam, f"list_attached_{kind.lower()}_policies", "AttachedPolicies",
+                                    **{f"{kind}Name": p[f"{kind}Name"]})
+                return not any(a["PolicyArn"] == p["PolicyArn"] for a in attached)
             if c.operation == "iam:AddUserToGroup":
                 groups = paginate(iam, "list_groups_for_user", "Groups", UserName=p["UserName"])
                 return any(g["GroupName"] == p["GroupName"] for g in groups)

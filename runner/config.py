@@ -72,6 +72,12 @@ class EvidenceSection(_Section):
     lookback_minutes: int = Field(30, ge=0)
 
 
+class VerifySection(_Section):
+    #: IAM is eventually consistent: a step with IAM changes whose verification fails is checked once
+    #: more after this many seconds before it counts as unverified
+    iam_settle_seconds: float = Field(10, ge=0, le=300)
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -86,6 +92,7 @@ class Config(_Section):
     root: RootSection = Field(default_factory=RootSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
+    verify: VerifySection = Field(default_factory=VerifySection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:

@@ -443,6 +443,12 @@ class Engine:
             done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
                     and self.actions[s.id].risk != "read-only"]
             list(pool.map(lambda s: self._verify_step(ctx, s), done))
+            settle = self.config.verify.iam_settle_seconds
+            unsettled = [s for s in done if self.states[s.id].verify_failures and any(
+                c.operation.startswith("iam:") for c in (self.states[s.id].plan or Plan()).changes)]
+            if unsettled and settle > 0:  # IAM is eventually consistent: look once more before judging
+                time.sleep(settle)
+                list(pool.map(lambda s: self._verify_step(ctx, s), unsettled))
             self.finished_at = time.monotonic()
             states = [self.states[s.id] for s in self.playbook.steps]
             bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
