@@ -40,33 +40,86 @@ def _describe_services(ecs: Any, cluster: str, names: list[str]) -> list[dict[st
     return out
 
 
+def _task_set_changes(cluster: str, svc: dict[str, Any], region: str) -> list[Change]:
+    """Task sets (EXTERNAL / CODE_DEPLOY controllers) scaled to 0 percent, the previous scale recorded."""
+    return [Change("ecs:UpdateTaskSet", ts["taskSetArn"],
+                   {"cluster": cluster, "service": svc["serviceName"], "taskSet": ts["taskSetArn"],
+                    "scale": {"value": 0, "unit": "PERCENT"}},
+                   previous={"scale": {"value": ts["scale"].get("value"), "unit": ts["scale"].get("unit", "PERCENT")}},
+                   reason=f"task set {ts.get('id')} of service {cluster}/{svc['serviceName']} in {region}")
+            for ts in svc.get("taskSets") or []
+            if ts.get("status") in ("PRIMARY", "ACTIVE") and (ts.get("scale") or {}).get("value", 0) > 0]
+
+
 @register
 class ScaleServicesToZero(Action[ServicesParams]):
-    """Set desiredCount to 0 (the previous count is recorded for rollback)."""
+    """Set desiredCount to 0 and scale any task set to 0 percent (the previous values are recorded for
+    rollback). A DAEMON service has no desired count: it is left to the gated ecs.delete-daemon-services."""
 
     name = "ecs.scale-services-to-zero"
-    summary = "Scale ECS services to 0 tasks (previous desiredCount recorded)"
+    summary = "Scale ECS services and their task sets to 0 (previous desiredCount / scale recorded)"
     params_model = ServicesParams
-    permissions = ("ecs:DescribeServices", "ecs:UpdateService")
+    permissions = ("ecs:DescribeServices", "ecs:UpdateService", "ecs:UpdateTaskSet")
     risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: ServicesParams) -> Plan:
+        notes: list[str] = []
+
+        def read(key: tuple[tuple[str, str], list[ServiceRef]]) -> list[Change]:
+            (region, cluster), refs = key
+            ecs = ctx.aws.client("ecs", region)
+            changes = []
+            for svc in _describe_services(ecs, cluster, [r.name for r in refs]):
+                if svc.get("status") != "ACTIVE":
+                    continue
+                if svc.get("schedulingStrategy") == "DAEMON":
+                    notes.append(f"DAEMON service {cluster}/{svc['serviceName']} in {region} has no desired count: "
+                                 "the gated step ecs.delete-daemon-services deletes it")
+                    continue
+                if svc.get("desiredCount", 0) > 0:
+                    changes.append(Change("ecs:UpdateService", svc["serviceArn"],
+                                          {"cluster": cluster, "service": svc["serviceName"], "desiredCount": 0},
+                                          previous={"desiredCount": svc["desiredCount"]},
+                                          reason=f"service {cluster}/{svc['serviceName']} in {region}"))
+                changes += _task_set_changes(cluster, svc, region)
+            return changes
+
+        changes = [c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs]
+        return Plan(changes=changes, notes=sorted(notes))
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        ecs = ctx.aws.client("ecs", change.target.split(":")[3])
+        call = ecs.update_task_set if change.operation == "ecs:UpdateTaskSet" else ecs.update_service
+        return tolerant_call(call, change.params, "TaskSetNotFoundException", *GONE)
+
+
+@register
+class DeleteDaemonServices(Action[ServicesParams]):
+    """DAEMON services run one task per container instance and cannot be scaled: containment deletes
+    them, as a gated step after the evidence (service and task definition) is captured."""
+
+    name = "ecs.delete-daemon-services"
+    summary = "Delete in-scope DAEMON services, which cannot be scaled to 0 (irreversible; gate it)"
+    params_model = ServicesParams
+    permissions = ("ecs:DescribeServices", "ecs:DeleteService")
+    risk = "irreversible"
 
     def plan(self, ctx: ActionContext, params: ServicesParams) -> Plan:
         def read(key: tuple[tuple[str, str], list[ServiceRef]]) -> list[Change]:
             (region, cluster), refs = key
             ecs = ctx.aws.client("ecs", region)
-            return [
-                Change("ecs:UpdateService", svc["serviceArn"],
-                       {"cluster": cluster, "service": svc["serviceName"], "desiredCount": 0},
-                       previous={"desiredCount": svc["desiredCount"]},
-                       reason=f"service {cluster}/{svc['serviceName']} in {region}")
-                for svc in _describe_services(ecs, cluster, [r.name for r in refs])
-                if svc.get("status") == "ACTIVE" and svc.get("desiredCount", 0) > 0
-            ]
+            return [Change("ecs:DeleteService", svc["serviceArn"],
+                           {"cluster": cluster, "service": svc["serviceName"], "force": True},
+                           previous={"status": "ACTIVE", "schedulingStrategy": "DAEMON",
+                                     "taskDefinition": svc.get("taskDefinition")},
+                           reason=f"DAEMON service {cluster}/{svc['serviceName']} in {region} cannot be scaled to 0")
+                    for svc in _describe_services(ecs, cluster, [r.name for r in refs])
+                    if svc.get("status") == "ACTIVE" and svc.get("schedulingStrategy") == "DAEMON"]
 
         return Plan(changes=[c for cs in ctx.fanout(read, list(_by_cluster(ctx, params.services).items())) for c in cs])
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).update_service, change.params,
+        return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).delete_service, change.params,
                              *GONE)
 
 

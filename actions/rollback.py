@@ -21,6 +21,8 @@ NOT_REVERSIBLE = {
     "iam:DeactivateMFADevice": "MFA device {SerialNumber} of {UserName} was deactivated; its owner must enable it "
                                "again with two codes",
     "ecs:StopTask": None,  # the service starts new tasks once its desired count is restored
+    "ecs:DeleteService": "service {service} of cluster {cluster} was deleted (a DAEMON service cannot be scaled); "
+                         "recreate it from its task definition if it was legitimate",
     "organizations:CreatePolicy": None,  # detaching the SCP restores access; the policy itself is harmless
     "s3:PutObject": None,  # evidence stays
     "iam:CreatePolicy": None,  # the managed quarantine policy is harmless once detached
@@ -78,6 +80,9 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
     if op == "ec2:StopInstances" and prev.get("State") in ("running", "pending"):
         return Change("ec2:StartInstances", target, dict(p), previous={"State": "stopped"},
                       reason=f"{why}: start {', '.join(p['InstanceIds'])} again")
+    if op == "ecs:UpdateTaskSet" and "scale" in prev:
+        return Change(op, target, {**p, "scale": prev["scale"]}, previous={"scale": p["scale"]},
+                      reason=f"{why}: task set back to {prev['scale'].get('value')} {prev['scale'].get('unit')}")
     if op == "organizations:AttachPolicy":
         return Change("organizations:DetachPolicy", target, dict(p), previous={"Attached": True},
                       reason=f"{why}: detach SCP {p['PolicyName']}")
@@ -99,6 +104,7 @@ class RevertChanges(Action[RevertParams]):
                    "iam:ListGroupsForUser", "iam:AddUserToGroup", "iam:ListAttachedUserPolicies",
                    "iam:ListAttachedGroupPolicies", "iam:ListAttachedRolePolicies", "iam:AttachUserPolicy",
                    "iam:AttachGroupPolicy", "iam:AttachRolePolicy", "ecs:DescribeServices", "ecs:UpdateService",
+                   "ecs:DescribeTaskSets", "ecs:UpdateTaskSet",
                    "sts:AssumeRole", "organizations:ListPolicies", "organizations:ListPoliciesForTarget",
                    "organizations:DetachPolicy", "application-autoscaling:DescribeScalableTargets",
                    "application-autoscaling:RegisterScalableTarget", "events:DescribeRule", "events:EnableRule",
@@ -155,6 +161,11 @@ class RevertChanges(Action[RevertParams]):
                 key = f"{kind}Name"
                 attached = paginate(iam, f"list_attached_{kind.lower()}_policies", "AttachedPolicies", **{key: p[key]})
                 return any(a["PolicyArn"] == p["PolicyArn"] for a in attached)
+            if c.operation == "ecs:UpdateTaskSet":
+                ecs = ctx.aws.client("ecs", c.target.split(":")[3])
+                sets = ecs.describe_task_sets(cluster=p["cluster"], service=p["service"],
+                                              taskSets=[p["taskSet"]])["taskSets"]
+                return not sets or float(sets[0]["scale"]["value"]) == float(p["scale"]["value"])
             if c.operation == "ecs:UpdateService":
                 ecs = ctx.aws.client("ecs", c.target.split(":")[3])
                 found = ecs.describe_services(cluster=p["cluster"], services=[p["service"]])["services"]
@@ -204,6 +215,9 @@ class RevertChanges(Action[RevertParams]):
             return set_schedule_state(ctx, region, p["Name"], p["GroupName"], p["State"])
         if op == "ec2:StartInstances":
             return tolerant_call(ctx.aws.client("ec2", region).start_instances, p, "InvalidInstanceID.NotFound")
+        if op == "ecs:UpdateTaskSet":
+            return tolerant_call(ctx.aws.client("ecs", region).update_task_set, p, "TaskSetNotFoundException",
+                                 "ServiceNotFoundException", "ServiceNotActiveException")
         if op.startswith("ecs:"):
             return tolerant_call(ctx.aws.client("ecs", change.target.split(":")[3]).update_service, p,
                                  "ServiceNotFoundException", "ServiceNotActiveException")

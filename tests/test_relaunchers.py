@@ -106,3 +106,47 @@ def test_nothing_in_scope_plans_nothing(aws: boto3.Session) -> None:
     assert plan(DisableSchedules(), ctx, {"task_definitions": []}).changes == []
     assert plan(DisableEventRules(), ctx, {"task_definitions": []}).changes == []
     assert plan(SuspendScalableTargets(), ctx, {"services": []}).changes == []
+
+
+def test_task_sets_scaled_to_zero_and_daemon_services_left_to_a_gated_delete(aws: boto3.Session) -> None:
+    from actions.ecs import DeleteDaemonServices, ScaleServicesToZero
+    from runner.drill import _network
+
+    ecs = aws.client("ecs", region_name=REGION)
+    net = _network(aws.client("ec2", region_name=REGION))
+    ecs.create_cluster(clusterName="edge")
+
+    def td(family: str, image: str) -> str:
+        return str(ecs.register_task_definition(family=family, containerDefinitions=[
+            {"name": "app", "image": image, "memory": 512}])["taskDefinition"]["taskDefinitionArn"])
+
+    miner, legit = td("edge-cache", "xmrig/xmrig"), td("edge-proxy", "envoyproxy/envoy:v1.30")
+    for name, image_td in (("edge-cache", miner), ("edge-proxy", legit)):
+        ecs.create_service(cluster="edge", serviceName=name, taskDefinition=image_td, desiredCount=2,
+                           deploymentController={"type": "EXTERNAL"})
+        ecs.create_task_set(cluster="edge", service=name, taskDefinition=image_td, launchType="FARGATE",
+                            networkConfiguration=net, scale={"value": 100, "unit": "PERCENT"})
+    for name, image_td in (("node-agent", miner), ("log-shipper", legit)):
+        ecs.create_service(cluster="edge", serviceName=name, taskDefinition=image_td, schedulingStrategy="DAEMON")
+    ctx = context(aws)
+    services = [{"cluster": "edge", "name": n, "region": REGION} for n in ("edge-cache", "node-agent")]
+
+    scaled = converge(ScaleServicesToZero(), ctx, {"services": services})
+    assert sorted(c.operation for c in scaled.changes) == ["ecs:UpdateService", "ecs:UpdateTaskSet"]
+    assert any("DAEMON service edge/node-agent" in n for n in scaled.notes)
+
+    def scale(service: str) -> float:
+        return float(ecs.describe_task_sets(cluster="edge", service=service)["taskSets"][0]["scale"]["value"])
+
+    assert scale("edge-cache") == 0 and scale("edge-proxy") == 100
+    deleted = converge(DeleteDaemonServices(), ctx, {"services": services})
+    assert [c.target.rsplit("/", 1)[-1] for c in deleted.changes] == ["node-agent"]
+    status = {s["serviceName"]: s["status"] for s in ecs.describe_services(
+        cluster="edge", services=["node-agent", "log-shipper", "edge-proxy"])["services"]}
+    assert status == {"node-agent": "INACTIVE", "log-shipper": "ACTIVE", "edge-proxy": "ACTIVE"}
+
+    undo = [c.to_json() for c in [*scaled.changes, *deleted.changes]]
+    revert = plan(RevertChanges(), ctx, {"run_id": "r-test", "changes": undo})
+    assert any("node-agent" in m for m in revert.manual)  # a deletion is listed for a person, not undone
+    converge(RevertChanges(), ctx, {"run_id": "r-test", "changes": undo})
+    assert scale("edge-cache") == 100
