@@ -63,6 +63,9 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
     if op in ("iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy"):
         return Change(op.replace("Detach", "Attach"), target, dict(p), previous={"Attached": None},
                       reason=f"{why}: re-attach {p['PolicyArn']}")
+    if op == "ecs:UpdateService" and "taskDefinition" in prev:
+        return (f"service {p['service']} of cluster {p['cluster']} was rolled back from hijacked revision "
+                f"{prev['taskDefinition']} to {p['taskDefinition']}; it is not rolled forward to the miner again")
     if op == "ecs:UpdateService" and "desiredCount" in prev:
         return Change(op, target, {**p, "desiredCount": prev["desiredCount"]}, previous={"desiredCount": 0},
                       reason=f"{why}: {p['service']} back to {prev['desiredCount']} task(s)")
