@@ -68,3 +68,66 @@ class SuspendScalableTargets(Action[ScalableTargetsParams]):
         client = ctx.aws.client("application-autoscaling", change.target.split(":")[3])
         client.register_scalable_target(**change.params)  # an upsert: applying twice is harmless
         return "applied"
+
+
+class GroupsParams(Params):
+    #: CloudTrail records attributed to the attacker (scope.attacker_events)
+    attacker_events: list[dict[str, Any]] = []
+
+
+def attacker_groups(events: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(region, Auto Scaling group name) -> why: groups the attacker created, directly or as the
+    capacity provider of an ECS cluster."""
+    out: dict[tuple[str, str], str] = {}
+    for e in events:
+        req = e.get("requestParameters") or {}
+        region = str(e.get("awsRegion", ""))
+        if e.get("errorCode"):
+            continue
+        if e.get("eventName") == "CreateAutoScalingGroup" and req.get("autoScalingGroupName"):
+            out[(region, str(req["autoScalingGroupName"]))] = f"created by the attacker (CloudTrail {e.get('eventID')})"
+        elif e.get("eventName") == "CreateCapacityProvider":
+            arn = str((req.get("autoScalingGroupProvider") or {}).get("autoScalingGroupArn", ""))
+            if "autoScalingGroupName/" in arn:
+                out[(region, arn.rsplit("autoScalingGroupName/", 1)[-1])] = (
+                    f"behind capacity provider {req.get('name')} the attacker created (CloudTrail {e.get('eventID')})")
+    return out
+
+
+@register
+class ScaleAttackerGroups(Action[GroupsParams]):
+    """Auto Scaling groups the attacker created (for ECS capacity or directly): MinSize and
+    DesiredCapacity 0, the previous sizes recorded. The group itself stays, for the investigation."""
+
+    name = "autoscaling.scale-attacker-groups"
+    summary = "Scale Auto Scaling groups the attacker created (or put behind an ECS capacity provider) to 0"
+    params_model = GroupsParams
+    permissions = ("autoscaling:DescribeAutoScalingGroups", "autoscaling:UpdateAutoScalingGroup")
+    risk = "reversible"
+
+    def plan(self, ctx: ActionContext, params: GroupsParams) -> Plan:
+        wanted = attacker_groups(params.attacker_events)
+        by_region: dict[str, list[str]] = defaultdict(list)
+        for region, name in wanted:
+            by_region[region or ctx.incident.region].append(name)
+
+        def read(item: tuple[str, list[str]]) -> list[Change]:
+            region, names = item
+            client = ctx.aws.client("autoscaling", region)
+            return [
+                Change("autoscaling:UpdateAutoScalingGroup", g["AutoScalingGroupARN"],
+                       {"AutoScalingGroupName": g["AutoScalingGroupName"], "MinSize": 0, "DesiredCapacity": 0},
+                       previous={"MinSize": g["MinSize"], "DesiredCapacity": g["DesiredCapacity"],
+                                 "MaxSize": g["MaxSize"]},
+                       reason=f"Auto Scaling group {g['AutoScalingGroupName']} in {region}: "
+                              f"{wanted.get((region, g['AutoScalingGroupName']), 'created by the attacker')}")
+                for g in paginate(client, "describe_auto_scaling_groups", "AutoScalingGroups",
+                                  AutoScalingGroupNames=sorted(names))
+                if g["MinSize"] > 0 or g["DesiredCapacity"] > 0]
+
+        return Plan(changes=[c for cs in ctx.fanout(read, sorted(by_region.items())) for c in cs])
+
+    def apply(self, ctx: ActionContext, change: Change) -> Outcome:
+        client = ctx.aws.client("autoscaling", change.target.split(":")[3])
+        client.update_auto_scaling_group(**change.params)  # sets sizes: applying twice is harmless
+        return "applied"

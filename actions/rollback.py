@@ -86,6 +86,11 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
     if op == "ecs:UpdateTaskSet" and "scale" in prev:
         return Change(op, target, {**p, "scale": prev["scale"]}, previous={"scale": p["scale"]},
                       reason=f"{why}: task set back to {prev['scale'].get('value')} {prev['scale'].get('unit')}")
+    if op == "autoscaling:UpdateAutoScalingGroup" and "MinSize" in prev:
+        return Change(op, target, {**p, "MinSize": prev["MinSize"], "DesiredCapacity": prev["DesiredCapacity"]},
+                      previous={"MinSize": 0, "DesiredCapacity": 0},
+                      reason=f"{why}: {p['AutoScalingGroupName']} back to min {prev['MinSize']}, desired "
+                             f"{prev['DesiredCapacity']}")
     if op == "organizations:AttachPolicy":
         return Change("organizations:DetachPolicy", target, dict(p), previous={"Attached": True},
                       reason=f"{why}: detach SCP {p['PolicyName']}")
@@ -112,7 +117,8 @@ class RevertChanges(Action[RevertParams]):
                    "organizations:DetachPolicy", "application-autoscaling:DescribeScalableTargets",
                    "application-autoscaling:RegisterScalableTarget", "events:DescribeRule", "events:EnableRule",
                    "scheduler:GetSchedule", "scheduler:UpdateSchedule", "iam:PassRole", "ec2:DescribeInstances",
-                   "ec2:StartInstances")
+                   "ec2:StartInstances", "autoscaling:DescribeAutoScalingGroups",
+                   "autoscaling:UpdateAutoScalingGroup")
     risk = "reversible"
     ordered = True
 
@@ -181,6 +187,11 @@ class RevertChanges(Action[RevertParams]):
                 return not found or (found[0]["MinCapacity"] == p["MinCapacity"] and {
                     k: bool(v) for k, v in (found[0].get("SuspendedState") or {}).items()} == {
                     k: bool(v) for k, v in p["SuspendedState"].items()})
+            if c.operation == "autoscaling:UpdateAutoScalingGroup":
+                groups = ctx.aws.client("autoscaling", c.target.split(":")[3]).describe_auto_scaling_groups(
+                    AutoScalingGroupNames=[p["AutoScalingGroupName"]])["AutoScalingGroups"]
+                return not groups or (groups[0]["MinSize"], groups[0]["DesiredCapacity"]) == (
+                    p["MinSize"], p["DesiredCapacity"])
             if c.operation == "events:EnableRule":
                 events = ctx.aws.client("events", c.target.split(":")[3])
                 return str(events.describe_rule(Name=p["Name"], EventBusName=p["EventBusName"]).get("State")) \
@@ -210,6 +221,8 @@ class RevertChanges(Action[RevertParams]):
         if op == "application-autoscaling:RegisterScalableTarget":
             ctx.aws.client("application-autoscaling", region).register_scalable_target(**p)
             return "applied"
+        if op == "autoscaling:UpdateAutoScalingGroup":
+            return tolerant_call(ctx.aws.client("autoscaling", region).update_auto_scaling_group, p, "ValidationError")
         if op == "events:EnableRule":
             return tolerant_call(ctx.aws.client("events", region).enable_rule, p, "ResourceNotFoundException")
         if op == "scheduler:UpdateSchedule":

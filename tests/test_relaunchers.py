@@ -150,3 +150,39 @@ def test_task_sets_scaled_to_zero_and_daemon_services_left_to_a_gated_delete(aws
     assert any("node-agent" in m for m in revert.manual)  # a deletion is listed for a person, not undone
     converge(RevertChanges(), ctx, {"run_id": "r-test", "changes": undo})
     assert scale("edge-cache") == 100
+
+
+def test_auto_scaling_groups_the_attacker_created_scaled_to_zero_and_restored(aws: boto3.Session) -> None:
+    from actions.autoscaling import ScaleAttackerGroups
+
+    ec2 = aws.client("ec2", region_name=REGION)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ec2.create_launch_template(LaunchTemplateName="render-lt", LaunchTemplateData={"ImageId": image,
+                                                                           "InstanceType": "c5.large"})
+    asg = aws.client("autoscaling", region_name=REGION)
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]][:1]
+    for name, low, want in (("render-pool", 2, 3), ("ecs-capacity-b", 1, 2), ("web-fleet", 2, 2)):
+        asg.create_auto_scaling_group(AutoScalingGroupName=name, MinSize=low, MaxSize=10, DesiredCapacity=want,
+                                      LaunchTemplate={"LaunchTemplateName": "render-lt"}, AvailabilityZones=zones)
+    arn = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["ecs-capacity-b"])["AutoScalingGroups"][0][
+        "AutoScalingGroupARN"]
+    events = [
+        {"eventID": "e-asg", "eventName": "CreateAutoScalingGroup", "awsRegion": REGION,
+         "eventSource": "autoscaling.amazonaws.com", "requestParameters": {"autoScalingGroupName": "render-pool"}},
+        {"eventID": "e-cp", "eventName": "CreateCapacityProvider", "awsRegion": REGION,
+         "eventSource": "ecs.amazonaws.com",
+         "requestParameters": {"name": "cp-b", "autoScalingGroupProvider": {"autoScalingGroupArn": arn}}},
+    ]
+    ctx = context(aws)
+    done = converge(ScaleAttackerGroups(), ctx, {"attacker_events": events})
+    assert {c.params["AutoScalingGroupName"]: c.previous for c in done.changes} == {
+        "render-pool": {"MinSize": 2, "DesiredCapacity": 3, "MaxSize": 10},
+        "ecs-capacity-b": {"MinSize": 1, "DesiredCapacity": 2, "MaxSize": 10}}
+
+    def sizes() -> dict[str, tuple[int, int]]:
+        return {g["AutoScalingGroupName"]: (g["MinSize"], g["DesiredCapacity"])
+                for g in asg.describe_auto_scaling_groups()["AutoScalingGroups"]}
+
+    assert sizes() == {"render-pool": (0, 0), "ecs-capacity-b": (0, 0), "web-fleet": (2, 2)}
+    converge(RevertChanges(), ctx, {"run_id": "r-test", "changes": [c.to_json() for c in done.changes]})
+    assert sizes() == {"render-pool": (2, 3), "ecs-capacity-b": (1, 2), "web-fleet": (2, 2)}
