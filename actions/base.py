@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from runner.regions import Coverage
+
 if TYPE_CHECKING:
     from runner.aws import AwsSession
     from runner.config import Config, RiskTier
@@ -106,6 +108,8 @@ class ActionContext:
     #: CloudTrail records given to the run (--cloudtrail files, a CloudTrail input), and their labels
     trail_records: list[dict[str, Any]] = field(default_factory=list)
     trail_sources: list[str] = field(default_factory=list)
+    #: what the run searched (regions, services, gaps); see runner/regions.py
+    coverage: Coverage = field(default_factory=Coverage)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order."""
@@ -127,6 +131,8 @@ class Action(ABC, Generic[P]):
     publishes: ClassVar[str | None] = None
     #: apply this step's changes one after another instead of concurrently
     ordered: ClassVar[bool] = False
+    #: this action's manual instructions come before every other output (e.g. live root credentials)
+    manual_first: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: ActionContext, params: P) -> Plan:

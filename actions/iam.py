@@ -130,6 +130,7 @@ class DeactivateMfaDevices(Action[UsersParams]):
 class PrincipalsParams(Params):
     users: list[UserRef] = []
     roles: list[RoleRef] = []
+    groups: list[GroupRef] = []
 
 
 def quarantine_document(issued_before: str) -> dict[str, Any]:
@@ -153,49 +154,105 @@ def _is_quarantine(doc: Any) -> bool:
     return any(s.get("Sid") == "StanchQuarantineDenyAll" and s.get("Effect") == "Deny" for s in stmts)
 
 
+#: IAM's quota on the total size of a principal's inline policies (characters, whitespace excluded)
+INLINE_QUOTA = {"user": 2048, "group": 5120, "role": 10240}
+#: the customer-managed deny-all policy used where the inline quota is full (created once per account)
+MANAGED_QUARANTINE = "stanch-quarantine-deny-all"
+_KINDS = {"user": "UserName", "group": "GroupName", "role": "RoleName"}
+
+
+def _size(doc: Any) -> int:
+    text = doc if isinstance(doc, str) else json.dumps(doc, separators=(",", ":"))
+    return sum(1 for ch in text if not ch.isspace())
+
+
+def _principal_arn(acct: str, kind: str, name: str, arn: str) -> str:
+    return arn or f"arn:aws:iam::{acct}:{kind}/{name}"
+
+
+def _call(iam: Any, verb: str, kind: str) -> Any:
+    """`iam.<verb>_<kind>_policy`, e.g. _call(iam, "put", "group") -> iam.put_group_policy."""
+    return getattr(iam, f"{verb}_{kind}_policy")
+
+
 @register
 class QuarantinePrincipals(Action[PrincipalsParams]):
-    """Attach an inline deny-all policy (with an aws:TokenIssueTime condition) to users and roles."""
+    """Deny everything to in-scope users, roles and groups: an inline deny-all policy (with an
+    aws:TokenIssueTime condition), or, where the principal's inline-policy quota is full, the
+    customer-managed policy stanch-quarantine-deny-all (created once per account, recorded)."""
 
     name = "iam.quarantine-principals"
-    summary = "Attach an inline deny-all policy that also kills already-issued sessions"
+    summary = "Attach a deny-all policy (inline, or managed when the inline quota is full) that kills old sessions"
     params_model = PrincipalsParams
-    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:GetRolePolicy", "iam:PutRolePolicy")
+    permissions = ("iam:GetUserPolicy", "iam:PutUserPolicy", "iam:GetRolePolicy", "iam:PutRolePolicy",
+                   "iam:GetGroupPolicy", "iam:PutGroupPolicy", "iam:ListUserPolicies", "iam:ListRolePolicies",
+                   "iam:ListGroupPolicies", "iam:ListAttachedUserPolicies", "iam:ListAttachedRolePolicies",
+                   "iam:ListAttachedGroupPolicies", "iam:GetPolicy", "iam:CreatePolicy", "iam:AttachUserPolicy",
+                   "iam:AttachRolePolicy", "iam:AttachGroupPolicy")
     risk = "reversible"
+    ordered = True  # the managed policy is created before it is attached
 
     def plan(self, ctx: ActionContext, params: PrincipalsParams) -> Plan:
         iam = ctx.aws.client("iam")
         cutoff = ctx.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
         doc = json.dumps(quarantine_document(cutoff))
         acct = ctx.incident.account_id
-        items = [("user", u.name, u.arn or user_arn(acct, u.name)) for u in params.users]
-        items += [("role", r.name, r.arn or f"arn:aws:iam::{acct}:role/{r.name}") for r in params.roles]
+        managed_arn = f"arn:aws:iam::{acct}:policy/{MANAGED_QUARANTINE}"
+        items = [("user", u.name, _principal_arn(acct, "user", u.name, u.arn)) for u in params.users]
+        items += [("role", r.name, _principal_arn(acct, "role", r.name, r.arn)) for r in params.roles]
+        items += [("group", g.name, _principal_arn(acct, "group", g.name, g.arn)) for g in params.groups]
 
         def read(item: tuple[str, str, str]) -> Change | None:
             kind, name, arn = item
-            key = "UserName" if kind == "user" else "RoleName"
+            key = _KINDS[kind]
             try:
-                if kind == "user":
-                    current = iam.get_user_policy(UserName=name, PolicyName=QUARANTINE_POLICY)["PolicyDocument"]
-                else:
-                    current = iam.get_role_policy(RoleName=name, PolicyName=QUARANTINE_POLICY)["PolicyDocument"]
+                names = list(paginate(iam, f"list_{kind}_policies", "PolicyNames", **{key: name}))
+                docs = {n: _call(iam, "get", kind)(**{key: name, "PolicyName": n})["PolicyDocument"] for n in names}
+                attached = [p["PolicyArn"] for p in paginate(iam, f"list_attached_{kind}_policies",
+                                                             "AttachedPolicies", **{key: name})]
             except ClientError as exc:
-                if not is_code(exc, "NoSuchEntity"):
-                    raise
-                current = None
-            if current is not None and _is_quarantine(current):
+                if is_code(exc, "NoSuchEntity"):
+                    return None  # the principal is gone: nothing to quarantine
+                raise
+            current = docs.get(QUARANTINE_POLICY)
+            if (current is not None and _is_quarantine(current)) or managed_arn in attached:
                 return None
-            op = "iam:PutUserPolicy" if kind == "user" else "iam:PutRolePolicy"
-            return Change(op, arn, {key: name, "PolicyName": QUARANTINE_POLICY, "PolicyDocument": doc},
-                          previous={"PolicyDocument": current},
-                          reason=f"deny all actions by {kind} {name}, including sessions issued before {cutoff}")
+            used = sum(_size(d) for n, d in docs.items() if n != QUARANTINE_POLICY)
+            why = f"deny all actions by {kind} {name}, including sessions issued before {cutoff}"
+            if used + _size(doc) > INLINE_QUOTA[kind]:
+                return Change(f"iam:Attach{kind.capitalize()}Policy", arn, {key: name, "PolicyArn": managed_arn},
+                              previous={"Attached": None},
+                              reason=f"{why} (its inline policies use {used} of {INLINE_QUOTA[kind]} characters: "
+                                     f"the managed {MANAGED_QUARANTINE} is attached instead)")
+            return Change(f"iam:Put{kind.capitalize()}Policy", arn,
+                          {key: name, "PolicyName": QUARANTINE_POLICY, "PolicyDocument": doc},
+                          previous={"PolicyDocument": current}, reason=why)
 
-        return Plan(changes=[c for c in ctx.fanout(read, items) if c])
+        changes = [c for c in ctx.fanout(read, items) if c]
+        if any(c.operation.startswith("iam:Attach") for c in changes) and not _policy_exists(iam, managed_arn):
+            changes.insert(0, Change("iam:CreatePolicy", managed_arn, {
+                "PolicyName": MANAGED_QUARANTINE, "PolicyDocument": doc,
+                "Description": "stanch: deny everything (quarantine where the inline-policy quota is full)"},
+                previous={"Policy": None}, reason="managed deny-all policy, created once per account"))
+        return Plan(changes=changes)
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         iam = ctx.aws.client("iam")
-        put = iam.put_user_policy if change.operation == "iam:PutUserPolicy" else iam.put_role_policy
-        return tolerant_call(put, change.params, "NoSuchEntity")  # a deleted principal needs no quarantine
+        if change.operation == "iam:CreatePolicy":
+            return tolerant_call(iam.create_policy, change.params, "EntityAlreadyExists")
+        kind = next(k for k in _KINDS if change.operation.endswith(f"{k.capitalize()}Policy"))
+        verb = "put" if change.operation.startswith("iam:Put") else "attach"
+        return tolerant_call(_call(iam, verb, kind), change.params, "NoSuchEntity")  # a deleted principal needs none
+
+
+def _policy_exists(iam: Any, arn: str) -> bool:
+    try:
+        iam.get_policy(PolicyArn=arn)
+    except ClientError as exc:
+        if is_code(exc, "NoSuchEntity"):
+            return False
+        raise
+    return True
 
 
 @register
@@ -236,18 +293,23 @@ class AdminParams(Params):
 
 
 def grants_everything(doc: Any) -> bool:
-    """True when a policy document allows Action * on Resource *."""
+    """True when a policy document is an admin grant: an unconditional Allow on Resource * of Action `*`
+    or `iam:*` (which lets its holder grant itself anything), or any NotAction Allow (all but a few)."""
     if isinstance(doc, str):
         doc = json.loads(doc)
     stmts = doc.get("Statement", []) if isinstance(doc, dict) else []
     for s in stmts if isinstance(stmts, list) else [stmts]:
-        if s.get("Effect") != "Allow" or "NotAction" in s or "Condition" in s:
+        if not isinstance(s, dict) or s.get("Effect") != "Allow" or "Condition" in s:
             continue
-        actions = s.get("Action", [])
         resources = s.get("Resource", [])
-        actions = [actions] if isinstance(actions, str) else actions
         resources = [resources] if isinstance(resources, str) else resources
-        if "*" in actions and "*" in resources:
+        if "*" not in resources and "NotResource" not in s:  # NotResource: everything but a few
+            continue
+        if "NotAction" in s:
+            return True
+        actions = s.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        if any(str(a).lower() in ("*", "iam:*") for a in actions):
             return True
     return False
 
@@ -261,7 +323,10 @@ class DetachAdminPolicies(Action[AdminParams]):
     params_model = AdminParams
     permissions = ("iam:ListAttachedUserPolicies", "iam:ListAttachedGroupPolicies",
                    "iam:ListAttachedRolePolicies", "iam:GetPolicy", "iam:GetPolicyVersion",
-                   "iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy")
+                   "iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy",
+                   "iam:ListUserPolicies", "iam:ListGroupPolicies", "iam:ListRolePolicies", "iam:GetUserPolicy",
+                   "iam:GetGroupPolicy", "iam:GetRolePolicy", "iam:DeleteUserPolicy", "iam:DeleteGroupPolicy",
+                   "iam:DeleteRolePolicy")
     risk = "reversible"
 
     def plan(self, ctx: ActionContext, params: AdminParams) -> Plan:
@@ -305,13 +370,33 @@ class DetachAdminPolicies(Action[AdminParams]):
                 _, key, op = kinds[kind]
                 changes.append(Change(op, arn, {key: name, "PolicyArn": policy}, previous={"Attached": policy},
                                       reason=f"{policy.rsplit('/', 1)[-1]} attached to in-scope {kind} {name}"))
+        changes += [c for cs in ctx.fanout(lambda item: _inline_admin(iam, *item), items) for c in cs]
         return Plan(changes=changes)
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         iam = ctx.aws.client("iam")
         call = {"iam:DetachUserPolicy": iam.detach_user_policy, "iam:DetachGroupPolicy": iam.detach_group_policy,
-                "iam:DetachRolePolicy": iam.detach_role_policy}[change.operation]
+                "iam:DetachRolePolicy": iam.detach_role_policy, "iam:DeleteUserPolicy": iam.delete_user_policy,
+                "iam:DeleteGroupPolicy": iam.delete_group_policy,
+                "iam:DeleteRolePolicy": iam.delete_role_policy}[change.operation]
         return tolerant_call(call, change.params, "NoSuchEntity")
+
+
+def _inline_admin(iam: Any, kind: str, name: str, arn: str) -> list[Change]:
+    """Inline admin grants of an in-scope principal: removed, the document kept in `previous` (evidence,
+    and what rollback puts back). stanch's own quarantine policy is a deny and never matches."""
+    key = _KINDS[kind]
+    try:
+        names = list(paginate(iam, f"list_{kind}_policies", "PolicyNames", **{key: name}))
+        docs = {n: _call(iam, "get", kind)(**{key: name, "PolicyName": n})["PolicyDocument"] for n in names}
+    except ClientError as exc:
+        if is_code(exc, "NoSuchEntity"):
+            return []
+        raise
+    return [Change(f"iam:Delete{kind.capitalize()}Policy", arn, {key: name, "PolicyName": n},
+                   previous={"PolicyDocument": doc},
+                   reason=f"inline policy {n} of in-scope {kind} {name} grants administrator rights")
+            for n, doc in docs.items() if n != QUARANTINE_POLICY and grants_everything(doc)]
 
 
 class RootParams(Params):
@@ -325,14 +410,24 @@ def deny_root_scp() -> str:
 
 
 def _root_manual(acct: str, key: str, why: str = "") -> str:
+    """Everything a person must do when root credentials cannot be revoked by the runner."""
     return "\n".join([
-        f"Root access key {key} of account {acct} must be deleted by a person{why}:",
-        f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user).",
-        "  2. Open the account menu > Security credentials > Access keys.",
-        f"  3. Deactivate key {key}, confirm nothing legitimate fails, then delete it. Delete every other "
-        "root access key too: the root user should have none.",
-        "  4. While signed in: enable MFA on the root user if it is off, and change the root password.",
-        "  5. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
+        f"DO THIS FIRST: the root credentials of account {acct} are compromised and still live{why}. While they "
+        "are, the attacker can undo every other containment step. Root access key {key} and every other root "
+        "artefact must be revoked by a person, now:".replace("{key}", key),
+        f"  1. Sign in to the AWS console as the root user of account {acct} (not an IAM user). If the password or "
+        "the account e-mail no longer works, the attacker changed it: use 'Forgot password' and contact AWS "
+        "Support at once.",
+        f"  2. Account menu > Security credentials > Access keys: delete key {key} and every other root access "
+        "key (the root user should have none).",
+        "  3. Same page, X.509 signing certificates: delete every root signing certificate.",
+        "  4. Same page, MFA: remove every MFA device you do not recognise, then register your own.",
+        "  5. Change the root password.",
+        "  6. Account settings: check the account e-mail address and the alternate contacts (billing, operations, "
+        "security) and restore anything the attacker changed.",
+        "  7. Root session tokens already issued stay valid until they expire: no API revokes them. Keep the other "
+        "containment in place and check again afterwards with `stanch verify RUN_ID`.",
+        "  8. Then run this incident again: the step verifies that AccountAccessKeysPresent is 0.",
     ])
 
 
@@ -351,6 +446,7 @@ class ContainRootCredentials(Action[RootParams]):
     `iam.delete-root-access-keys`. Otherwise the responder gets the exact manual steps."""
 
     name = "iam.contain-root-credentials"
+    manual_first = True
     summary = "Root keys: SCP denying the root principal (Organizations member) or exact manual steps"
     params_model = RootParams
     permissions = ("iam:GetAccountSummary", "sts:AssumeRole", "organizations:DescribeOrganization",
@@ -415,31 +511,79 @@ class ContainRootCredentials(Action[RootParams]):
         return "applied"
 
 
+#: the feature of IAM's centralized root access that lets sts:AssumeRoot delete root credentials
+ROOT_CREDENTIALS_MANAGEMENT = "RootCredentialsManagement"
+
+
 @register
 class DeleteRootAccessKeys(Action[RootParams]):
-    """Delete the root user's access keys through sts:AssumeRoot with the
-    IAMDeleteRootUserCredentials task policy (centralized root access). Irreversible."""
+    """Delete every root credential of a member account through sts:AssumeRoot with the
+    IAMDeleteRootUserCredentials task policy: access keys, signing certificates, the console password
+    and MFA devices, each its own change. Only after checking that centralized root access
+    (RootCredentialsManagement) is enabled for the organization. Irreversible."""
 
     name = "iam.delete-root-access-keys"
-    summary = "Delete root access keys via sts:AssumeRoot (Organizations member accounts; irreversible)"
+    summary = "Delete root access keys, signing certificates, password and MFA via sts:AssumeRoot (irreversible)"
     params_model = RootParams
-    permissions = ("sts:AssumeRole", "sts:AssumeRoot", "iam:ListAccessKeys", "iam:DeleteAccessKey")
+    permissions = ("sts:AssumeRole", "sts:AssumeRoot", "iam:ListOrganizationsFeatures",
+                   "organizations:DescribeOrganization", "iam:ListAccessKeys", "iam:DeleteAccessKey",
+                   "iam:ListSigningCertificates", "iam:DeleteSigningCertificate", "iam:GetLoginProfile",
+                   "iam:DeleteLoginProfile", "iam:ListMFADevices", "iam:DeactivateMFADevice")
     risk = "irreversible"
+    manual_first = True
 
     def plan(self, ctx: ActionContext, params: RootParams) -> Plan:
         role = ctx.config.root.organizations_role_arn
         if not role:
             return Plan(notes=["no Organizations role configured: root keys are a manual action"])
         acct = ctx.incident.account_id
-        root = ctx.aws.assume_role(role).assume_root(acct)
-        keys = list(paginate(root.client("iam"), "list_access_keys", "AccessKeyMetadata"))
-        return Plan(changes=[
-            Change("iam:DeleteAccessKey", f"arn:aws:iam::{acct}:root", {"AccessKeyId": k["AccessKeyId"]},
+        org = ctx.aws.assume_role(role)
+        if org.client("organizations").describe_organization()["Organization"]["MasterAccountId"] == acct:
+            return Plan(notes=["the management account's root cannot be assumed: root keys are a manual action"])
+        try:
+            features = org.client("iam").list_organizations_features().get("EnabledFeatures", [])
+        except ClientError as exc:
+            if not is_code(exc, "OrganizationNotFoundException", "ServiceAccessNotEnabledException",
+                           "AccessDenied", "AccessDeniedException"):
+                raise
+            features = []
+        if ROOT_CREDENTIALS_MANAGEMENT not in features:
+            key = params.access_key_id or "(see the root user's security credentials)"
+            return Plan(manual=[_root_manual(acct, key, " (centralized root access, RootCredentialsManagement, "
+                                                        "is not enabled for the organization, so sts:AssumeRoot "
+                                                        "cannot delete them)")])
+        iam = org.assume_root(acct).client("iam")
+        target = f"arn:aws:iam::{acct}:root"
+        changes = [
+            Change("iam:DeleteAccessKey", target, {"AccessKeyId": k["AccessKeyId"]},
                    previous={"Status": k["Status"], "CreateDate": iso(k.get("CreateDate"))},
                    reason="root access key" + (" used by the attacker" if k["AccessKeyId"] == params.access_key_id
                                                else " (the root user should have none)"))
-            for k in keys])
+            for k in paginate(iam, "list_access_keys", "AccessKeyMetadata")]
+        changes += [
+            Change("iam:DeleteSigningCertificate", target, {"CertificateId": c["CertificateId"]},
+                   previous={"Status": c.get("Status"), "UploadDate": iso(c.get("UploadDate"))},
+                   reason="root signing certificate (signs requests like an access key)")
+            for c in paginate(iam, "list_signing_certificates", "Certificates")]
+        try:
+            profile = iam.get_login_profile()["LoginProfile"]
+            changes.append(Change("iam:DeleteLoginProfile", target, {},
+                                  previous={"LoginProfile": "present", "CreateDate": iso(profile.get("CreateDate"))},
+                                  reason="root console password (centralized root access: members need none)"))
+        except ClientError as exc:
+            if not is_code(exc, "NoSuchEntity"):
+                raise
+        changes += [
+            Change("iam:DeactivateMFADevice", target, {"SerialNumber": d["SerialNumber"]},
+                   previous={"Enabled": True, "EnableDate": iso(d.get("EnableDate"))},
+                   reason="root MFA device (may be the attacker's)")
+            for d in paginate(iam, "list_mfa_devices", "MFADevices")]
+        return Plan(changes=changes)
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
-        root = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id)
-        return tolerant_call(root.client("iam").delete_access_key, change.params, "NoSuchEntity")
+        iam = ctx.aws.assume_role(ctx.config.root.organizations_role_arn).assume_root(ctx.incident.account_id) \
+            .client("iam")
+        call = {"iam:DeleteAccessKey": iam.delete_access_key, "iam:DeleteSigningCertificate":
+                iam.delete_signing_certificate, "iam:DeleteLoginProfile": iam.delete_login_profile,
+                "iam:DeactivateMFADevice": iam.deactivate_mfa_device}[change.operation]
+        return tolerant_call(call, change.params, "NoSuchEntity")

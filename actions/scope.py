@@ -26,6 +26,7 @@ from runner.incident import (
     RootPrincipal,
     UserPrincipal,
 )
+from runner.regions import scan_regions, search_regions
 
 
 @dataclass
@@ -110,13 +111,22 @@ class DiscoverScope(Action[NoParams]):
         start = inc.window_start_dt
         account = inc.account_id
         self_arn = ctx.aws.identity().principal_arn
-        regions = list(dict.fromkeys([inc.region, *ctx.config.aws.extra_regions]))
 
         def read_trail() -> Attribution:
-            reader = TrailReader(client=ctx.aws.client, home_region=inc.region, regions=regions, start=start,
-                                 s3_uri=ctx.config.intake.cloudtrail_s3_uri,
-                                 lookup_tps=ctx.config.intake.lookup_events_tps)
-            return gather(reader, seeds_of(inc), ctx.trail_records, ctx.trail_sources)
+            reader = TrailReader(client=ctx.aws.client, home_region=inc.region, regions=search_regions(ctx),
+                                 start=start, s3_uri=ctx.config.intake.cloudtrail_s3_uri,
+                                 lookup_tps=ctx.config.intake.lookup_events_tps, fanout=ctx.fanout)
+            graph = gather(reader, seeds_of(inc), ctx.trail_records, ctx.trail_sources)
+            # what attribution read is part of what the run searched; no source at all is a gap that
+            # could hide the attacker (identities it made are then only suspects)
+            for source in graph.sources:
+                ctx.coverage.source(source)
+            for gap in graph.gaps:
+                ctx.coverage.gap("*", "cloudtrail", gap, blocking=False)
+            if not graph.available:
+                ctx.coverage.gap(inc.region, "cloudtrail", "no CloudTrail source: no trail file, no "
+                                 "[intake] cloudtrail_s3_uri, and LookupEvents unavailable", blocking=True)
+            return graph
 
         # -- the IAM listing and the attribution graph, read concurrently
         trail = ctx.fanout_pool.submit(read_trail)
@@ -406,7 +416,7 @@ def discover_ecs(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """ECS services and tasks in scope, per region, and the services left alone."""
     inc = ctx.incident
-    regions = list(dict.fromkeys([inc.region, *ctx.config.aws.extra_regions]))
+    regions = search_regions(ctx)
     patterns = [*inc.indicators.images, *ctx.config.discovery.miner_patterns]
     named_services = {(r.cluster, r.name) for r in inc.resources if isinstance(r, EcsServiceResource)}
     named_clusters = {r.name for r in inc.resources if isinstance(r, EcsClusterResource)}
@@ -488,7 +498,7 @@ def discover_ecs(
     services: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     left: list[dict[str, Any]] = []
-    for s, t, lo in ctx.fanout(region_scan, regions):
+    for s, t, lo in scan_regions(ctx, "ecs", region_scan, regions):
         services += s
         tasks += t
         left += lo

@@ -388,6 +388,67 @@ def rollback(
 
 @app.command()
 @handle_errors
+def verify(
+    run_id: Annotated[str, typer.Argument(help="A finished run to check against the account")],
+    watch: Annotated[bool, typer.Option("--watch", help="Keep checking (see --every and --for)")] = False,
+    every: Annotated[str, typer.Option("--every", help="With --watch: time between checks (30s, 5m, 1h)")] = "5m",
+    for_: Annotated[str, typer.Option("--for", help="With --watch: how long to keep checking (e.g. 2h)")] = "2h",
+    reapply: Annotated[bool, typer.Option("--reapply", help="Apply again what drifted (gated steps only with "
+                                                            "their recorded approval, --approve or a prompt)")] = False,
+    approve: ApproveOpt = None,
+    approve_all: ApproveAllOpt = False,
+    by: ByOpt = None,
+    reason: ReasonOpt = "",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Check that a finished run is still contained: every containment step is planned again, read-only.
+    Exit 0 if nothing drifted (or all drift was re-applied), 1 listing the drift, 2 for a bad run id."""
+    from runner.engine import RunOptions, default_approver
+    from runner.service import state_dir as resolve_state
+    from runner.verify import Check, Verifier, parse_duration
+    from runner.verify import watch as watch_run
+
+    interval = parse_duration(every, "--every")
+    duration = parse_duration(for_, "--for")
+    options = RunOptions(approve=tuple(approve or ()), approve_all=approve_all, by=by or default_approver(),
+                         reason=reason)
+    verifier = Verifier(run_id, resolve_state(state_dir), options=options, prompt=_prompt() if reapply else None)
+
+    def show(check: Check) -> None:
+        if output is Output.json:
+            return
+        verdict = "still contained" if check.contained else "NOT contained"
+        typer.echo(f"{check.checked_at}  run {check.run_id}: {verdict}")
+        for d in check.drift:
+            typer.echo(f"  drift       {d['step']:<26} {d['operation']} {d['target']}  -- {d['reason']}")
+        for d in check.reapplied:
+            typer.echo(f"  reapplied   {d['step']:<26} {d['operation']} {d['target']}")
+        for d in check.not_reapplied:
+            typer.echo(f"  not applied {d['step']:<26} {d['operation']} {d['target']}  -- {d['why']}")
+        for e in check.errors:
+            typer.echo(f"  error       {e}")
+        for g in check.coverage.get("gaps", []):
+            if g.get("blocking"):
+                typer.echo(f"  NOT SEARCHED {g['service']} in {g['region']}: {g['error']}")
+
+    try:
+        if watch:
+            checks = watch_run(verifier, every=interval, duration=duration, reapply=reapply, on_check=show)
+        else:
+            checks = [verifier.check(reapply=reapply)]
+            show(checks[0])
+    finally:
+        verifier.close()
+    if output is Output.json:
+        doc = checks[0].to_json() if not watch else {"run_id": run_id, "checks": [c.to_json() for c in checks],
+                                                    "contained": checks[-1].contained}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+    raise typer.Exit(0 if checks[-1].contained else EXIT_NOT_CONTAINED)
+
+
+@app.command()
+@handle_errors
 def cancel(
     run_id: Annotated[str, typer.Argument(help="An unfinished run")],
     by: ByOpt = None,

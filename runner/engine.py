@@ -41,6 +41,7 @@ from runner.incident import Incident, format_loc
 from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso
 from runner.lifecycle import RunLifecycle
 from runner.playbook import Playbook, Step
+from runner.regions import Coverage
 from runner.templates import TemplateError, render
 
 #: step statuses after which a step is finished and its dependents may start
@@ -143,6 +144,9 @@ class Engine:
         self._capped: dict[str, str] = {}
         self._refusal: str | None = None
         self._resumed = False
+        #: what this run searched; a resumed run keeps what its earlier process recorded
+        self.coverage = Coverage()
+        self.coverage.merge_json((run.result or {}).get("coverage"))
 
     # ------------------------------------------------------------------ plumbing
     def _action(self, step: Step) -> Action[Any]:
@@ -205,6 +209,7 @@ class Engine:
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=_started(self.run.created_at), fanout_pool=calls_pool, protected=self._is_protected,
                 evidence_dir=self.evidence_dir, trail_records=self.trail[0], trail_sources=self.trail[1],
+                coverage=self.coverage,
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn
@@ -512,13 +517,24 @@ class Engine:
             done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
                     and self.actions[s.id].risk != "read-only"]
             list(pool.map(lambda s: self._verify_step(ctx, s), done))
+            settle = self.config.verify.iam_settle_seconds
+            unsettled = [s for s in done if self.states[s.id].verify_failures and any(
+                c.operation.startswith("iam:") for c in (self.states[s.id].plan or Plan()).changes)]
+            if unsettled and settle > 0:  # IAM is eventually consistent: look once more before judging
+                time.sleep(settle)
+                list(pool.map(lambda s: self._verify_step(ctx, s), unsettled))
             self.finished_s = self._elapsed()
             states = [self.states[s.id] for s in self.playbook.steps]
             bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
                    or st.verify_failures]
+            blind = self.coverage.blocking_gaps()
+            for gap in blind:
+                self.log.info("coverage.gap", region=gap.region, service=gap.service, error=gap.error)
             if bad:
                 applied = any(st.status in ("applied", "manual") for st in states)
                 self.lifecycle.fire("contain_partially" if applied else "fail")
+            elif blind:  # what could not be searched may still hold attacker activity
+                self.lifecycle.fire("contain_partially")
             elif any(st.status == "manual" for st in states):
                 self.lifecycle.fire("need_manual")
             else:
@@ -567,7 +583,10 @@ class Engine:
             if plan.notes:
                 entry["notes"] = plan.notes
             steps.append(entry)
-            manual += [{"step": step.id, "instructions": text} for text in plan.manual]
+            first = self.actions[step.id].manual_first
+            manual += [{"step": step.id, "instructions": text, **({"first": True} if first else {})}
+                       for text in plan.manual]
+        manual.sort(key=lambda m: not m.get("first"))  # stable: urgent ones first, the rest in step order
         doc: dict[str, Any] = {
             "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
@@ -575,6 +594,9 @@ class Engine:
         }
         if self._refusal:
             doc["error"] = self._refusal
+        elif self.coverage.blocking_gaps() and self.lifecycle.state == "partially_contained":
+            doc["error"] = "not everything could be searched, so containment is not confirmed: " + "; ".join(
+                f"{g.service} in {g.region} ({g.error})" for g in self.coverage.blocking_gaps())
         scope = self._template_scope().get("scope")
         if scope is not None:
             doc["scope"] = scope
@@ -586,6 +608,7 @@ class Engine:
             if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):
                 doc["evidence"] = {"path": captured.outputs["path"],
                                    "manifest_sha256": captured.outputs["manifest_sha256"]}
+        doc["coverage"] = self.coverage.to_json()
         doc["metrics"] = self.metrics()
         return doc
 

@@ -162,6 +162,7 @@ def build_report(ref: str, state: Path) -> dict[str, Any]:
         "actions_taken": actions, "left_alone": scope.get("excluded", []),
         "manual_actions": result.get("manual_actions", []), "not_done": _not_done(result),
         "containment": _containment(actions, result, scope),
+        "coverage": result.get("coverage") or {},
         "cost_estimate": cost, "hardening_facts": facts,
         "recommendations": recommendations(facts, root_key, bool(scope.get("ecs_services") or scope.get("ecs_tasks"))),
         "evidence": _evidence(result, bundle, actions),
@@ -475,6 +476,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     out = [f"# Incident report {r['incident_id']}", "",
            f"Account {r['account_id']} ({r['region']}) · status **{r['status']}** · {c['runs']} run(s) · "
            f"generated {r['generated_at']}", "",
+           *[line for m in r["manual_actions"] if m.get("first")
+             for line in ("## Do this first", "", f"step `{m['step']}`:", "", "```", m["instructions"], "```", "")],
            "## Executive summary", "", r["executive_summary"], "",
            "| runs | cancelled | rollbacks | changes applied | credential | workload | rolled back | failed | "
            "approvals |", "|---|---|---|---|---|---|---|---|---|",
@@ -514,6 +517,11 @@ def render_markdown(r: dict[str, Any]) -> str:
                 for a in r["actions_taken"]]
     else:
         out.append("No change was made.")
+    cov = r.get("coverage") or {}
+    out += ["", "## What was searched", ""]
+    out += [f"- {len(cov.get('regions', []))} region(s): {', '.join(cov.get('regions', [])) or 'not recorded'}"]
+    out += [f"- **not searched**: {g['service']} in {g['region']} ({_md(g['error'])})"
+            for g in cov.get("gaps", []) if g.get("blocking", True)]
     out += ["", "## Estimated cost of the mining", ""]
     out += _cost_md(r["cost_estimate"])
     out += ["", "## Deliberately left alone", ""]

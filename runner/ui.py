@@ -206,9 +206,19 @@ def _attribution(out: Console, scope: dict[str, Any]) -> None:
                            "are suspects", style="bold red"))
 
 
+def _manual_first(out: Console, manual: list[dict[str, Any]]) -> None:
+    """Live root credentials undo everything else: their manual action is said before anything."""
+    for m in manual:
+        if m.get("first"):
+            out.print(Text(f"MANUAL ACTION FIRST ({m['step']}):", style="bold red"))
+            out.print(m["instructions"], markup=False)
+            out.print("")
+
+
 def render_run(out: Console, result: dict[str, Any]) -> None:
     """A run document (plan, paused run or finished run) as a person reads it."""
     status = result["status"]
+    _manual_first(out, result.get("manual_actions", []))
     head = Text(f"run {result['run_id']}  incident {result['incident_id']}  playbook {result['playbook']}")
     if result.get("dry_run"):
         head.append("  (dry run)", style="cyan")
@@ -257,12 +267,17 @@ def render_run(out: Console, result: dict[str, Any]) -> None:
             steps.add_row("", "", Text(f"verify: {summarize_error(v)}", style="yellow"))
     out.print(steps)
     for m in result.get("manual_actions", []):
-        out.print(Text(f"MANUAL ACTION ({m['step']}):", style="bold magenta"))
-        out.print(m["instructions"], markup=False)
-    gaps = (result.get("coverage") or {}).get("gaps") or []
-    for g in gaps:
-        out.print(Text(f"coverage gap: {g.get('region', '')} {g.get('service', '')}: "
-                       f"{summarize_error(g.get('error', ''))}", style="yellow"))
+        if not m.get("first"):
+            out.print(Text(f"MANUAL ACTION ({m['step']}):", style="bold magenta"))
+            out.print(m["instructions"], markup=False)
+    coverage = result.get("coverage") or {}
+    if coverage.get("regions"):
+        out.print(f"Searched {len(coverage['regions'])} region(s) ({coverage.get('region_source') or 'config'}): "
+                  f"{', '.join(coverage['regions'])}", markup=False)
+    for g in coverage.get("gaps") or []:
+        kind = "NOT SEARCHED" if g.get("blocking", True) else "note"
+        out.print(Text(f"{kind}: {g.get('service', '')} in {g.get('region', '')}: "
+                       f"{summarize_error(g.get('error', ''))}", style="yellow" if kind == "note" else "bold red"))
     metrics = result.get("metrics") or {}
     if metrics:
         def secs(key: str) -> str:
@@ -310,6 +325,7 @@ def render_scorecard(out: Console, card: dict[str, Any]) -> None:
     line = Text(head)
     line.append_text(styled(card["run_status"]))
     out.print(line)
+    _manual_first(out, card["manual_actions"])
     verb = "Would change" if card["dry_run"] else "Contained"
     done = Table(title=f"{verb} ({len(card['contained'])})", title_justify="left", box=box.SIMPLE_HEAD)
     done.add_column("step", no_wrap=True)
@@ -325,8 +341,9 @@ def render_scorecard(out: Console, card: dict[str, Any]) -> None:
         left.add_row(e["kind"], e["name"], clean_message(e["reason"]))
     out.print(left)
     for m in card["manual_actions"]:
-        out.print(Text(f"Manual action ({m['step']}):", style="bold magenta"))
-        out.print(m["instructions"], markup=False)
+        if not m.get("first"):
+            out.print(Text(f"Manual action ({m['step']}):", style="bold magenta"))
+            out.print(m["instructions"], markup=False)
     m = card["metrics"]
     out.print(f"Time to first containment: {m.get('time_to_first_change_s')} s   time to contained: "
               f"{m.get('time_to_contained_s')} s   API calls: {m.get('api_calls_total')}")

@@ -129,7 +129,7 @@ class MotoServer:
         import urllib.request
 
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
-        urllib.request.urlopen(req, timeout=10).read()
+        urllib.request.urlopen(req, timeout=60).read()  # a run that searched every region leaves a lot to reset
 
     def session(self) -> boto3.Session:
         return boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
@@ -149,10 +149,15 @@ def moto_server_process() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    """A clean private moto server on 127.0.0.1; AWS_ENDPOINT_URL points at it."""
+def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch,
+                tmp_path_factory: pytest.TempPathFactory) -> MotoServer:
+    """A clean private moto server on 127.0.0.1; AWS_ENDPOINT_URL points at it. Runs search two regions
+    (STANCH_CONFIG): the all-region search has its own in-process tests, and over HTTP it is slow."""
     moto_server_process.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_process.url)
+    config = tmp_path_factory.mktemp("config") / "two-regions.toml"
+    config.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    monkeypatch.setenv("STANCH_CONFIG", str(config))
     return moto_server_process
 
 

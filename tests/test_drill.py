@@ -23,6 +23,14 @@ def test_drill_contains_and_scores(tmp_path: Path) -> None:
         "iam:UpdateAccessKey", "iam:PutUserPolicy", "iam:DeleteLoginProfile", "iam:RemoveUserFromGroup",
         "iam:DetachGroupPolicy", "ecs:UpdateService", "ecs:StopTask"}
     assert {e["name"] for e in card["left_alone"]} >= {"platform-admins", "breakglass-admin", "web/frontend"}
+    for name in ("miner service in eu-central-1 scaled to 0", "miner's scalable target suspended with MinCapacity 0",
+                 "schedule running the miner task disabled", "miner EC2 instances in ap-southeast-1 stopped "
+                 "(not terminated)", "legitimate EC2 instance in ap-southeast-1 untouched",
+                 "legitimate schedule untouched", "every region searched, including the three used by the attack"):
+        assert checks[name], name
+    assert {c["operation"] for c in card["contained"]} >= {
+        "application-autoscaling:RegisterScalableTarget", "scheduler:UpdateSchedule", "ec2:StopInstances"}
+    assert card["manual_actions"][0]["step"] == "root-credentials"
     assert card["metrics"]["api_calls_total"] > 0 and card["metrics"]["time_to_contained_s"] is not None
 
 
@@ -30,4 +38,5 @@ def test_drill_dry_run_changes_nothing(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert re.search(r"PASS +nothing changed in the account", result.stdout)
+    assert result.stdout.index("MANUAL ACTION FIRST (root-credentials)") < result.stdout.index("Would change")
     assert "DRILL PASSED" in result.stdout

@@ -35,8 +35,8 @@ def test_rollback_restores_what_containment_replaced(aws_managed: boto3.Session,
     assert dry.exit_code == 0, dry.output
     [revert] = json.loads(dry.stdout)["steps"]
     ops = sorted(c["operation"] for c in revert["changes"])
-    assert ops == ["ecs:UpdateService", "iam:AddUserToGroup", "iam:AttachGroupPolicy", "iam:DeleteUserPolicy",
-                   "iam:UpdateAccessKey"]
+    assert ops == ["ecs:UpdateService", "iam:AddUserToGroup", "iam:AttachGroupPolicy", "iam:DeleteGroupPolicy",
+                   "iam:DeleteUserPolicy", "iam:UpdateAccessKey"]
     assert account_snapshot(aws_managed) == contained
 
     paused = cli("rollback", run_id, "--output", "json", "--reason", "decoy test", "--state-dir", state)

@@ -67,10 +67,23 @@ def test_management_account_root_stays_manual(aws: boto3.Session) -> None:
     assert result.changes == [] and "management account" in result.manual[0]
 
 
-def test_root_keys_deleted_through_assume_root(aws: boto3.Session) -> None:
+def _stub_org_features(org, enabled: bool) -> Stubber:  # type: ignore[no-untyped-def]
+    stub = Stubber(org.client("iam"))
+    features = ["RootCredentialsManagement", "RootSessions"] if enabled else []
+    stub.add_response("list_organizations_features", {"OrganizationId": "o-abc", "EnabledFeatures": features}, {})
+    stub.activate()
+    return stub
+
+
+def test_root_credentials_deleted_through_assume_root(aws: boto3.Session) -> None:
     member, role = org_with_member(aws)
     ctx = context(aws, incident(account_id=member), org_config(role))
     org = ctx.aws.assume_role(role)
+    features = Stubber(org.client("iam"))
+    for _ in range(2):  # plan, then the re-plan after applying
+        features.add_response("list_organizations_features", {"OrganizationId": "o-abc", "EnabledFeatures": [
+            "RootCredentialsManagement", "RootSessions"]}, {})
+    features.activate()
     sts_stub = Stubber(org.client("sts"))
     expires = datetime.now(UTC) + timedelta(minutes=15)
     sts_stub.add_response("assume_root", {"Credentials": {
@@ -80,17 +93,73 @@ def test_root_keys_deleted_through_assume_root(aws: boto3.Session) -> None:
     sts_stub.activate()
     root = org.assume_root(member)
     iam_stub = Stubber(root.client("iam"))
-    listed = {"AccessKeyMetadata": [{"UserName": "root", "AccessKeyId": KEY, "Status": "Active"}], "IsTruncated": False}
-    iam_stub.add_response("list_access_keys", listed, {})
+    cert = "CERTROOTSIGNING00001ABCDEFGH"
+    iam_stub.add_response("list_access_keys", {"AccessKeyMetadata": [
+        {"UserName": "root", "AccessKeyId": KEY, "Status": "Active"}], "IsTruncated": False}, {})
+    iam_stub.add_response("list_signing_certificates", {"Certificates": [
+        {"UserName": "root", "CertificateId": cert, "CertificateBody": "-----BEGIN CERTIFICATE-----",
+         "Status": "Active"}], "IsTruncated": False}, {})
+    iam_stub.add_client_error("get_login_profile", "NoSuchEntity", http_status_code=404)
+    iam_stub.add_response("list_mfa_devices", {"MFADevices": [], "IsTruncated": False}, {})
     iam_stub.add_response("delete_access_key", {}, {"AccessKeyId": KEY})
+    iam_stub.add_response("delete_signing_certificate", {}, {"CertificateId": cert})
     iam_stub.add_response("list_access_keys", {"AccessKeyMetadata": [], "IsTruncated": False}, {})
+    iam_stub.add_response("list_signing_certificates", {"Certificates": [], "IsTruncated": False}, {})
+    iam_stub.add_client_error("get_login_profile", "NoSuchEntity", http_status_code=404)
+    iam_stub.add_response("list_mfa_devices", {"MFADevices": [], "IsTruncated": False}, {})
     iam_stub.activate()
     action = DeleteRootAccessKeys()
-    [change] = plan(action, ctx, {"access_key_id": KEY}).changes
-    assert change.operation == "iam:DeleteAccessKey" and change.target == f"arn:aws:iam::{member}:root"
-    assert "used by the attacker" in change.reason
-    assert action.apply(ctx, change) == "applied"
+    key_change, cert_change = plan(action, ctx, {"access_key_id": KEY}).changes
+    assert key_change.operation == "iam:DeleteAccessKey" and key_change.target == f"arn:aws:iam::{member}:root"
+    assert "used by the attacker" in key_change.reason
+    assert cert_change.operation == "iam:DeleteSigningCertificate" and cert_change.params == {"CertificateId": cert}
+    assert action.apply(ctx, key_change) == "applied" and action.apply(ctx, cert_change) == "applied"
     assert plan(action, ctx, {"access_key_id": KEY}).changes == []
     iam_stub.assert_no_pending_responses()
     sts_stub.assert_no_pending_responses()
+    features.assert_no_pending_responses()
     assert DeleteRootAccessKeys.risk == "irreversible"
+
+
+def test_without_centralized_root_access_the_keys_stay_a_manual_action_listed_first(aws: boto3.Session) -> None:
+    member, role = org_with_member(aws)
+    ctx = context(aws, incident(account_id=member), org_config(role))
+    stub = _stub_org_features(ctx.aws.assume_role(role), enabled=False)
+    result = plan(DeleteRootAccessKeys(), ctx, {"access_key_id": KEY})
+    stub.assert_no_pending_responses()
+    assert result.changes == [] and "centralized root access" in result.manual[0]
+    text = result.manual[0]
+    for artefact in ("access key", "signing certificate", "MFA", "password", "e-mail", "alternate contacts",
+                     "session tokens already issued stay valid until they expire"):
+        assert artefact in text, artefact
+    assert DeleteRootAccessKeys.manual_first and ContainRootCredentials.manual_first
+
+
+def test_root_manual_action_comes_first_in_json_text_and_report(aws_managed: boto3.Session, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+    from runner.drill import seed
+    from tests.conftest import write_json
+
+    seeded = seed(aws_managed, {"user": "ci-deployer", "group": "release-mgrs", "cluster": "thumbs",
+                                "service": "resize", "image": "xmrig"})
+    root_keys_present(True)
+    cfg = tmp_path / "two-regions.toml"
+    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    inc = write_json(tmp_path / "incident.json", seeded["incident"])
+    state = str(tmp_path / "state")
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", str(inc), "--approve-all", "--config", str(cfg), "--state-dir", state,
+                              "--output", "json"])
+    assert out.exit_code == 5, out.output
+    doc = json.loads(out.stdout)
+    first = doc["manual_actions"][0]
+    assert first["step"] == "root-credentials" and first["first"] is True and KEY in first["instructions"]
+    assert "signing certificate" in first["instructions"] and "alternate contacts" in first["instructions"]
+    text = runner.invoke(app, ["status", doc["run_id"], "--state-dir", state])
+    assert text.stdout.lstrip().startswith("MANUAL ACTION FIRST (root-credentials)")
+    report = runner.invoke(app, ["report", doc["run_id"], "--state-dir", state])
+    md = report.stdout
+    assert md.index("## Do this first") < md.index("## Executive summary") and KEY in md.split("## Executive")[0]
+    assert "## What was searched" in md and "eu-west-1" in md

@@ -118,6 +118,8 @@ class TrailReader:
     s3_uri: str = ""
     lookup: bool = True
     lookup_tps: float = 2.0
+    #: maps a function over items concurrently (the run's fan-out); regions are asked side by side
+    fanout: Callable[[Callable[[str], Any], list[str]], list[Any]] | None = None
     sources: list[str] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
     _dead_regions: set[str] = field(default_factory=set)
@@ -152,55 +154,57 @@ class TrailReader:
         return out
 
     def lookup_records(self, attributes: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """LookupEvents in every region for each (AttributeKey, AttributeValue)."""
+        """LookupEvents for each (AttributeKey, AttributeValue), in every region side by side (the
+        2 calls a second limit is per region); IAM and STS events are logged in us-east-1."""
         if not self.lookup or self.start is None or not attributes:
             return []
         limiter = _RateLimit(self.lookup_tps)
+        regions = [r for r in dict.fromkeys([*self.regions, "us-east-1"]) if r not in self._dead_regions]
+        mapper = self.fanout or (lambda fn, items: [fn(i) for i in items])
         out: list[dict[str, Any]] = []
-        # IAM and STS are global: their events are logged in us-east-1, whichever regions are searched
-        regions = list(dict.fromkeys([*self.regions, "us-east-1"]))
-        for region in regions:
-            if region in self._dead_regions:
-                continue
-            ct = self.client("cloudtrail", region)
-            found = 0
-            answered = False
-            for key, value in attributes:
-                if region in self._dead_regions:
-                    break
-                token: str | None = None
-                try:
-                    while True:
-                        limiter.wait(region)
-                        kwargs: dict[str, Any] = {"StartTime": self.start,
-                                                  "LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}]}
-                        if token:
-                            kwargs["NextToken"] = token
-                        page = ct.lookup_events(**kwargs)
-                        answered = True
-                        for e in page.get("Events", []):
-                            raw = e.get("CloudTrailEvent")
-                            if isinstance(raw, str):
-                                try:
-                                    rec = json.loads(raw)
-                                except ValueError:
-                                    continue
-                                if isinstance(rec, dict) and isinstance(rec.get("eventName"), str):
-                                    out.append(rec)
-                                    found += 1
-                        token = page.get("NextToken")
-                        if not token:
-                            break
-                except ClientError as exc:
-                    self.gaps.append(f"CloudTrail LookupEvents {region} {key}={value}: {summarise(exc)}")
-                    code = str(exc.response.get("Error", {}).get("Code", ""))
-                    if code in _UNAVAILABLE or code.startswith("5") or "NotImplemented" in code:
-                        self._dead_regions.add(region)
-                except (BotoCoreError, NotImplementedError) as exc:
-                    self.gaps.append(f"CloudTrail LookupEvents {region}: {summarise(exc)}")
+        for found in mapper(lambda region: self._lookup_region(region, attributes, limiter), regions):
+            out += found
+        return out
+
+    def _lookup_region(self, region: str, attributes: list[tuple[str, str]],
+                       limiter: _RateLimit) -> list[dict[str, Any]]:
+        ct = self.client("cloudtrail", region)
+        out: list[dict[str, Any]] = []
+        answered = False
+        for key, value in attributes:
+            token: str | None = None
+            try:
+                while True:
+                    limiter.wait(region)
+                    kwargs: dict[str, Any] = {"StartTime": self.start,
+                                              "LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}]}
+                    if token:
+                        kwargs["NextToken"] = token
+                    page = ct.lookup_events(**kwargs)
+                    answered = True
+                    for e in page.get("Events", []):
+                        raw = e.get("CloudTrailEvent")
+                        try:
+                            rec = json.loads(raw) if isinstance(raw, str) else None
+                        except ValueError:
+                            continue
+                        if isinstance(rec, dict) and isinstance(rec.get("eventName"), str):
+                            out.append(rec)
+                    token = page.get("NextToken")
+                    if not token:
+                        break
+            except ClientError as exc:
+                self.gaps.append(f"CloudTrail LookupEvents {region} {key}={value}: {summarise(exc)}")
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in _UNAVAILABLE or code.startswith("5") or "NotImplemented" in code:
                     self._dead_regions.add(region)
-            if answered:
-                self.sources.append(f"CloudTrail LookupEvents {region} ({found} events)")
+                    break
+            except (BotoCoreError, NotImplementedError) as exc:
+                self.gaps.append(f"CloudTrail LookupEvents {region}: {summarise(exc)}")
+                self._dead_regions.add(region)
+                break
+        if answered:
+            self.sources.append(f"CloudTrail LookupEvents {region} ({len(out)} events)")
         return out
 
 
@@ -222,4 +226,4 @@ def gather(reader: TrailReader, seeds: Seeds, file_records: list[dict[str, Any]]
         queried |= set(new)
         records += reader.lookup_records(new)
         graph = attribute(records, seeds)
-    return attribute(records, seeds, sources=reader.sources, gaps=reader.gaps)
+    return attribute(records, seeds, sources=list(dict.fromkeys(reader.sources)), gaps=reader.gaps)

@@ -1,0 +1,81 @@
+"""`stanch verify`: a finished run is re-planned read-only; drift is listed (exit 1) and, with --reapply,
+applied again under the run's approvals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from runner.cli import app
+from runner.drill import seed
+from runner.errors import InputError
+from runner.verify import parse_duration
+from tests.conftest import write_json
+
+NAMES = {"user": "etl-runner", "group": "data-eng", "cluster": "reporting", "service": "pdf-render",
+         "image": "docker.io/minerlab/xmrig:6"}
+
+
+def cli(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def contained_run(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    # two regions keep the test fast; the all-region search has its own tests
+    cfg = tmp_path / "stanch.toml"
+    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    seeded = seed(aws_managed, NAMES)
+    state = str(tmp_path / "state")
+    incident = write_json(tmp_path / "incident.json", seeded["incident"])
+    run = cli("run", str(incident), "--approve-all", "--config", str(cfg), "--output", "json", "--state-dir", state)
+    assert run.exit_code == 0, run.output
+    return {"run_id": json.loads(run.stdout)["run_id"], "state": state, "key": seeded["attacker_key"]["AccessKeyId"]}
+
+
+def test_verify_finds_drift_and_watch_reapply_restores(aws_managed: boto3.Session, contained_run: dict[str, Any]) -> None:
+    run_id, state, key = contained_run["run_id"], contained_run["state"], contained_run["key"]
+    ok = cli("verify", run_id, "--state-dir", state)
+    assert ok.exit_code == 0, ok.output
+    assert "still contained" in ok.stdout
+
+    # the attacker (or a careless admin) undoes two containment changes
+    iam, ecs = aws_managed.client("iam"), aws_managed.client("ecs")
+    iam.update_access_key(UserName="etl-runner", AccessKeyId=key, Status="Active")
+    ecs.update_service(cluster="reporting", service="pdf-render", desiredCount=5)
+
+    drift = cli("verify", run_id, "--state-dir", state, "--output", "json")
+    assert drift.exit_code == 1, drift.output
+    doc = json.loads(drift.stdout)
+    found = {(d["step"], d["operation"]) for d in doc["drift"]}
+    assert found == {("deactivate-keys", "iam:UpdateAccessKey"), ("scale-miner-services", "ecs:UpdateService")}
+    assert any(key in d["reason"] for d in doc["drift"])
+    assert any(d["target"].endswith("/reporting/pdf-render") for d in doc["drift"])
+    # verifying changed nothing
+    assert iam.list_access_keys(UserName="etl-runner")["AccessKeyMetadata"][0]["Status"] == "Active"
+    assert ecs.describe_services(cluster="reporting", services=["pdf-render"])["services"][0]["desiredCount"] == 5
+
+    watched = cli("verify", run_id, "--watch", "--every", "0.05s", "--for", "0.2s", "--reapply",
+                  "--state-dir", state, "--output", "json")
+    assert watched.exit_code == 0, watched.output
+    rounds = json.loads(watched.stdout)["checks"]
+    assert {(d["step"], d["operation"]) for d in rounds[0]["reapplied"]} == found
+    assert all(not r["drift"] for r in rounds[1:])
+    assert iam.list_access_keys(UserName="etl-runner")["AccessKeyMetadata"][0]["Status"] == "Inactive"
+    assert ecs.describe_services(cluster="reporting", services=["pdf-render"])["services"][0]["desiredCount"] == 0
+    assert cli("verify", run_id, "--state-dir", state).exit_code == 0
+    audit = (Path(state) / "audit.jsonl").read_text()
+    assert audit.count('"verify.reapplied"') == 2
+
+
+def test_verify_rejects_bad_input(aws: boto3.Session, tmp_path: Path) -> None:
+    out = cli("verify", "r-nope", "--state-dir", str(tmp_path))
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    with pytest.raises(InputError):
+        parse_duration("soon", "--every")
+    assert parse_duration("1h30m", "--for") == 5400 and parse_duration("0.5s", "--every") == 0.5
