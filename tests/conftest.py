@@ -156,9 +156,28 @@ def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch
     moto_server_process.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_process.url)
     config = tmp_path_factory.mktemp("config") / "two-regions.toml"
-    config.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    config.write_text(f'[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n'
+                      f'[intake]\ncloudtrail_s3_uri = "s3://{TRAIL_BUCKET}/AWSLogs/"\n')
     monkeypatch.setenv("STANCH_CONFIG", str(config))
     return moto_server_process
+
+
+#: the organization trail's bucket in test accounts (see publish_trail)
+TRAIL_BUCKET = "org-cloudtrail-test"
+
+
+def publish_trail(session: Any, seeded: dict[str, Any], extra: list[dict[str, Any]] | None = None) -> None:
+    """Write the CloudTrail of `seed`'s attack to the test account's trail bucket, as an organization
+    trail would: runs against `moto_server` read it through `[intake] cloudtrail_s3_uri`."""
+    import gzip
+
+    from runner.drill import attack_trail
+
+    s3 = session.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=TRAIL_BUCKET)
+    records = [*attack_trail(seeded).records, *(extra or [])]
+    key = f"AWSLogs/{seeded['incident']['account_id']}/CloudTrail/us-east-1/trail-{len(records)}.json.gz"
+    s3.put_object(Bucket=TRAIL_BUCKET, Key=key, Body=gzip.compress(json.dumps({"Records": records}).encode()))
 
 
 def write_json(path: Path, doc: Any) -> Path:

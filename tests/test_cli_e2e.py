@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import account_snapshot, seed
-from tests.conftest import ROOT, MotoServer, write_json
+from tests.conftest import ROOT, MotoServer, publish_trail, write_json
 
 STANCH = [sys.executable, "-m", "runner.cli"]
 PERSISTENT_USERS = 6
@@ -45,7 +45,9 @@ def cli(*args: str, check_codes: tuple[int, ...] | None = None) -> Result:
 
 
 def seeded(moto: MotoServer, tmp_path: Path, names: dict[str, str] | None = None) -> tuple[Path, dict[str, Any]]:
-    data = seed(boto3.Session(region_name="us-east-1"), names)
+    session = boto3.Session(region_name="us-east-1")
+    data = seed(session, names)
+    publish_trail(session, data)  # the organization trail the runs attribute from
     return write_json(tmp_path / "incident.json", data["incident"]), data
 
 

@@ -13,6 +13,7 @@ from botocore.stub import Stubber
 
 from runner.aws import AwsSession
 from runner.config import Config
+from runner.drill import TrailWriter
 from runner.engine import RunOptions
 from runner.incident import validate_incident
 from runner.regions import Coverage, enabled_regions, search_regions, summarise_error
@@ -72,15 +73,23 @@ def _seed_two_regions(session: boto3.Session) -> dict[str, Any]:
     _service_in(session, SECOND, "storefront", "web", "public.ecr.aws/nginx/nginx:1.27")  # decoy, second region
     _service_in(session, SECOND, "ledger-sync", "reconciler", "ghcr.io/cryptoloot/xmrig:6.21", 4)  # the miner
     return {"id": "INC-REGIONS-7", "kind": "cryptojacking", "account_id": ACCOUNT, "region": "us-east-1",
-            "detected_at": "2030-01-01T00:00:00Z", "window_start": "2000-01-01T00:00:00Z",
+            "detected_at": "2030-01-01T00:00:00Z", "window_start": "2029-12-31T00:00:00Z",
             "indicators": {"images": ["xmrig"]}}
+
+
+def _trail() -> tuple[list[dict[str, Any]], list[str]]:
+    """A CloudTrail source for the run (here it attributes nothing): without one, the run could not say
+    contained."""
+    t = TrailWriter(when="2029-12-31T06:00:00Z")
+    t.add(t.user("alice", "AKIAALICEKEY00000001"), "s3", "ListBuckets")
+    return t.records, ["trail file (test)"]
 
 
 def _run(session: AwsSession, doc: dict[str, Any], tmp_path: Path) -> Any:
     inc = validate_incident("test", doc)
     return start_run(inc, playbook_ref=None, config_path=None, options=RunOptions(approve_all=True, by="test"),
                      aws_opts=AwsOptions(region="us-east-1"), state=tmp_path / "state", session=session,
-                     stream=io.StringIO())
+                     stream=io.StringIO(), trail=_trail())
 
 
 def test_a_miner_in_a_second_region_is_found_and_scaled_to_zero(aws: boto3.Session, tmp_path: Path) -> None:
