@@ -21,10 +21,8 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from actions.base import Plan
-from actions.scope import DiscoverScope
 from runner.cli import app
-from runner.drill import ACCOUNT, ADMIN, seed
+from runner.drill import ACCOUNT, ADMIN, base_image, seed
 from runner.report import build_report, render_html, render_markdown
 from tests.conftest import write_json
 
@@ -91,7 +89,7 @@ def build(session: boto3.Session) -> dict[str, Any]:
     web = west.create_security_group(GroupName="web-sg", Description="public web")["GroupId"]
     west.authorize_security_group_ingress(GroupId=web, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    instance = ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     golden = ec2.create_image(InstanceId=instance, Name="golden")["ImageId"]
     ec2.modify_image_attribute(ImageId=golden, LaunchPermission={"Add": [{"UserId": PARTNER}]})  # decoy
     backup_ami = ec2.create_image(InstanceId=instance, Name="db-backup")["ImageId"]
@@ -216,16 +214,17 @@ def build(session: boto3.Session) -> dict[str, Any]:
             "snapshot": snapshot, "detector": detector}
 
 
-def supply_events(monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]) -> None:
-    """Stand in for the attribution graph: discovery publishes these as scope.attacker_events."""
-    original = DiscoverScope.plan
-
-    def plan(self: DiscoverScope, ctx: Any, params: Any) -> Plan:
-        result = original(self, ctx, params)
-        result.outputs["attacker_events"] = events
-        return result
-
-    monkeypatch.setattr(DiscoverScope, "plan", plan)
+def supply_events(monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]], session: boto3.Session,
+                  tmp_path: Path) -> None:
+    """The account's organization trail holds the stolen key's calls; runs read it through
+    `[intake] cloudtrail_s3_uri`, and the attribution graph gives them to discovery."""
+    s3 = session.client("s3")
+    s3.create_bucket(Bucket="org-trail-persist")
+    s3.put_object(Bucket="org-trail-persist", Key=f"AWSLogs/{ACCOUNT}/CloudTrail/us-east-1/part-1.json",
+                  Body=json.dumps({"Records": events}).encode())
+    config = tmp_path / "trail.toml"
+    config.write_text('[intake]\ncloudtrail_s3_uri = "s3://org-trail-persist/AWSLogs/"\n')
+    monkeypatch.setenv("STANCH_CONFIG", str(config))
 
 
 def live_state(session: boto3.Session, built: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +301,7 @@ EXPECTED = {
     "AttachGroupPolicy": "contained", "AddUserToGroup": "contained", "CreateService": "contained",
     "CreateLoginProfile": "contained", "UpdateLoginProfile": "manual", "UpdateAssumeRolePolicy": "manual",
     "CreateOpenIDConnectProvider": "manual", "CreateSAMLProvider": "manual", "GetFederationToken": "contained",
-    "AssumeRole": "manual", "AddPermission20150331v2": "contained", "UpdateFunctionCode20150331v2": "contained",
+    "AssumeRole": "contained", "AddPermission20150331v2": "contained", "UpdateFunctionCode20150331v2": "contained",
     "CreateFunction20150331": "contained", "PublishLayerVersion20181031": "manual", "RunInstances": "manual",
     "CreateKeyPair": "manual", "AuthorizeSecurityGroupIngress": "contained", "ModifyImageAttribute": "contained",
     "ModifySnapshotAttribute": "contained", "DeleteFlowLogs": "manual", "ModifyDBSnapshotAttribute": "contained",
@@ -317,7 +316,7 @@ EXPECTED = {
 @pytest.fixture
 def attacked(aws_managed: boto3.Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     built = build(aws_managed)
-    supply_events(monkeypatch, built["events"])
+    supply_events(monkeypatch, built["events"], aws_managed, tmp_path)
     built["incident"] = write_json(tmp_path / "incident.json", built["seeded"]["incident"])
     built["state"] = str(tmp_path / "state")
     built["before"] = live_state(aws_managed, built)

@@ -326,6 +326,9 @@ def attribute(records: list[dict[str, Any]], seeds: Seeds, *, sources: list[str]
                 continue
             done.add(i)
             grew = closure.follow(r) or grew
+    # attempts that failed changed nothing, but they are the attacker's too (listed as "no action needed")
+    out.events += [kept(r) for r in in_window if failed(r) and not is_read(str(r.get("eventName")))
+                   and r.get("eventName") != "ConsoleLogin" and out.made_by(r)]
     # a second pass may have added records out of time order
     order = {id(r): i for i, r in enumerate(in_window)}
     out.edges.sort(key=lambda e: (e.time, e.event_id or ""))
