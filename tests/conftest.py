@@ -156,8 +156,7 @@ def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch
     moto_server_process.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_process.url)
     config = tmp_path_factory.mktemp("config") / "two-regions.toml"
-    config.write_text(f'[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n'
-                      f'[intake]\ncloudtrail_s3_uri = "s3://{TRAIL_BUCKET}/AWSLogs/"\n')
+    config.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
     monkeypatch.setenv("STANCH_CONFIG", str(config))
     return moto_server_process
 
@@ -178,6 +177,18 @@ def publish_trail(session: Any, seeded: dict[str, Any], extra: list[dict[str, An
     records = [*attack_trail(seeded).records, *(extra or [])]
     key = f"AWSLogs/{seeded['incident']['account_id']}/CloudTrail/us-east-1/trail-{len(records)}.json.gz"
     s3.put_object(Bucket=TRAIL_BUCKET, Key=key, Body=gzip.compress(json.dumps({"Records": records}).encode()))
+
+
+TRAIL_CONFIG = f'[intake]\ncloudtrail_s3_uri = "s3://{TRAIL_BUCKET}/AWSLogs/"\n'
+
+
+def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Publish the seeded attack's CloudTrail to the trail bucket and point this test's runs at it
+    (STANCH_CONFIG), as an account with an organization trail would be set up."""
+    publish_trail(session, seeded)
+    config = tmp_path / "trail-config.toml"
+    config.write_text(TRAIL_CONFIG)
+    monkeypatch.setenv("STANCH_CONFIG", str(config))
 
 
 def write_json(path: Path, doc: Any) -> Path:

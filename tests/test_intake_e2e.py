@@ -189,7 +189,7 @@ def test_disguised_miner_attributed_by_cloudtrail_is_contained_and_bystander_lef
         assert {"type": "ecs_service", "cluster": "batch-jobs", "name": "worker"} in incident["resources"]
         assert "reports" not in json.dumps(incident["resources"]) and "alice" not in json.dumps(incident["principals"])
         assert incident["indicators"]["images"] == ["yzsqbe/ka:si"]
-        result = run_cli(tmp_path, incident)
+        result = run_cli(tmp_path, incident, "--cloudtrail", str(trail_path))
         assert result["status"] == "contained"
         after = state(session)
     assert after["services"]["batch-jobs/worker"]["desiredCount"] == 0

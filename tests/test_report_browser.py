@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import root_keys_present, seed
-from tests.conftest import write_json
+from tests.conftest import use_attack_trail, write_json
 
 NAMES = {"user": "deploy-bot-7", "group": "release-eng", "cluster": "search-indexing", "service": "reindex-nightly",
          "image": "ghcr.io/some-org/xmrig-cuda-very-long-image-name-for-layout-tests:6.21.0"}
@@ -44,8 +44,9 @@ def chromium() -> str | None:
 
 
 @pytest.fixture
-def report_page(aws_managed: boto3.Session, tmp_path: Path) -> Path:
+def report_page(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data = seed(aws_managed, NAMES)
+    use_attack_trail(aws_managed, data, monkeypatch, tmp_path)
     root_keys_present(True)
     state = os.environ["STANCH_STATE_DIR"]
     incident = write_json(tmp_path / "incident.json", data["incident"])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import seed
-from tests.conftest import write_json
+from tests.conftest import use_attack_trail, write_json
 
 NAMES = {"user": "svc-metrics", "group": "obs-readers", "cluster": "analytics", "service": "etl-batch",
          "image": "registry.example.net/tools/xmrig-lite:2"}
@@ -26,8 +26,9 @@ def cli(*args: str) -> Any:
 
 
 @pytest.fixture
-def life(aws_managed: boto3.Session, tmp_path: Path) -> dict[str, Any]:
+def life(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     data = seed(aws_managed, NAMES)
+    use_attack_trail(aws_managed, data, monkeypatch, tmp_path)
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", data["incident"])
     ecs = aws_managed.client("ecs")

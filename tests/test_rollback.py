@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import ADMIN, account_snapshot, seed
-from tests.conftest import write_json
+from tests.conftest import use_attack_trail, write_json
 
 NAMES = {"user": "svc-backup", "group": "k8s-ops", "cluster": "billing", "service": "report-gen", "image": "xmrig/xmrig"}
 
@@ -20,8 +21,10 @@ def cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
-def test_rollback_restores_what_containment_replaced(aws_managed: boto3.Session, tmp_path: Path) -> None:
+def test_rollback_restores_what_containment_replaced(aws_managed: boto3.Session, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     seeded = seed(aws_managed, NAMES)
+    use_attack_trail(aws_managed, seeded, monkeypatch, tmp_path)
     before = account_snapshot(aws_managed)
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", seeded["incident"])

@@ -140,13 +140,14 @@ def test_root_manual_action_comes_first_in_json_text_and_report(aws_managed: bot
 
     from runner.cli import app
     from runner.drill import seed
-    from tests.conftest import write_json
+    from tests.conftest import TRAIL_CONFIG, publish_trail, write_json
 
     seeded = seed(aws_managed, {"user": "ci-deployer", "group": "release-mgrs", "cluster": "thumbs",
                                 "service": "resize", "image": "xmrig"})
     root_keys_present(True)
     cfg = tmp_path / "two-regions.toml"
-    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
+    publish_trail(aws_managed, seeded)
     inc = write_json(tmp_path / "incident.json", seeded["incident"])
     state = str(tmp_path / "state")
     runner = CliRunner()

@@ -15,7 +15,7 @@ from runner.cli import app
 from runner.drill import seed
 from runner.errors import InputError
 from runner.verify import parse_duration
-from tests.conftest import write_json
+from tests.conftest import TRAIL_CONFIG, publish_trail, write_json
 
 NAMES = {"user": "etl-runner", "group": "data-eng", "cluster": "reporting", "service": "pdf-render",
          "image": "docker.io/minerlab/xmrig:6"}
@@ -29,8 +29,9 @@ def cli(*args: str) -> Any:
 def contained_run(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     # two regions keep the test fast; the all-region search has its own tests
     cfg = tmp_path / "stanch.toml"
-    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n')
+    cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
     seeded = seed(aws_managed, NAMES)
+    publish_trail(aws_managed, seeded)
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", seeded["incident"])
     run = cli("run", str(incident), "--approve-all", "--config", str(cfg), "--output", "json", "--state-dir", state)
