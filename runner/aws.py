@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.retries import quota, standard
 
 from runner.config import AwsSection
 from runner.errors import DryRunViolation
@@ -31,6 +32,53 @@ ROOT_TASK_DELETE_CREDENTIALS = "arn:aws:iam::aws:policy/root-task/IAMDeleteRootU
 def is_read_operation(operation: str) -> bool:
     """True for operations that only read (by the AWS naming convention), or only obtain credentials."""
     return operation.startswith(READ_PREFIXES) or operation in CREDENTIAL_OPERATIONS
+
+
+#: retry tokens (botocore's quota: a throttled retry costs 5, a success gives 1 back) per client.
+#: Writes keep botocore's 500; reads get more, so a throttled discovery slows down but finishes.
+WRITE_RETRY_QUOTA = 500
+READ_RETRY_QUOTA = 5000
+
+
+class BudgetedRetries:
+    """botocore's standard retry handler, with one attempt budget (and retry quota) for reads and a
+    smaller one for writes. Reads are safe to repeat; a write retried many times against a struggling
+    API is worse than a failed step that `stanch resume` re-plans."""
+
+    def __init__(self, service: str, read_attempts: int, write_attempts: int) -> None:
+        self.read = self._handler(service, read_attempts, READ_RETRY_QUOTA)
+        self.write = self._handler(service, write_attempts, WRITE_RETRY_QUOTA)
+
+    @staticmethod
+    def _handler(service: str, attempts: int, capacity: int) -> tuple[Any, Any]:
+        adapter = standard.RetryEventAdapter()
+        throttling = standard.ThrottlingErrorDetector(adapter)
+        checker = standard.RetryQuotaChecker(quota.RetryQuota(capacity), throttling)
+        handler = standard.RetryHandler(
+            retry_policy=standard.RetryPolicy(
+                retry_checker=standard.StandardRetryConditions(max_attempts=attempts),
+                retry_backoff=standard.ExponentialBackoff(service_name=service, throttling_detector=throttling)),
+            retry_event_adapter=adapter, retry_quota=checker, service_name=service)
+        return handler, checker
+
+    def _for(self, operation: Any) -> tuple[Any, Any]:
+        """(retry handler, retry quota) for a read or for a write."""
+        return self.read if is_read_operation(getattr(operation, "name", "")) else self.write
+
+    def needs_retry(self, **kwargs: Any) -> float | None:
+        delay: float | None = self._for(kwargs.get("operation"))[0].needs_retry(**kwargs)
+        return delay
+
+    def release_quota(self, **kwargs: Any) -> None:
+        self._for(kwargs.get("model"))[1].release_retry_quota(**kwargs)
+
+    def install(self, client: Any) -> None:
+        """Replace the handler botocore registered for the client's retry mode (adaptive mode keeps
+        its client-side rate limiter, which is registered separately)."""
+        event = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.unregister(f"needs-retry.{event}", unique_id=f"retry-config-{event}")
+        client.meta.events.register(f"needs-retry.{event}", self.needs_retry, unique_id=f"retry-config-{event}")
+        client.meta.events.register(f"after-call.{event}", self.release_quota, unique_id=f"retry-quota-{event}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +152,8 @@ class AwsSession:
                 service, region_name=key[1], endpoint_url=self.endpoint_url, config=self._boto_config
             )
             client.meta.events.register("before-call.*.*", self._before_call)
+            BudgetedRetries(client.meta.service_model.service_id.hyphenize(), self._settings.read_max_attempts,
+                            self._settings.max_attempts).install(client)
             self._clients[key] = client
             return client
 

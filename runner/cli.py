@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -11,12 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
 
 from actions.base import Plan
 from runner import __version__
 from runner.engine import RunOptions, default_approver
-from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, StanchError
+from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_REFUSED, StanchError
 from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,8 +64,31 @@ def err(text: str) -> None:
     typer.echo(text, err=True)
 
 
+#: AWS error codes that mean "these credentials are not usable here": bad input, nothing was changed
+CREDENTIAL_ERRORS = ("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                     "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "AuthFailure",
+                     "IncompleteSignature", "MissingAuthenticationToken", "RequestExpired")
+_RESUME_HINT = ("If a run had started, `stanch status` shows it and `stanch resume RUN_ID` continues it "
+                "without repeating a change.")
+
+
+def aws_error_message(exc: ClientError) -> tuple[str, int]:
+    """A responder's message and the exit code for an AWS error that reached the CLI."""
+    error = exc.response.get("Error", {})
+    code, text = str(error.get("Code", "")), str(error.get("Message", ""))
+    op = exc.operation_name
+    if code in CREDENTIAL_ERRORS:
+        return (f"AWS rejected the credentials ({code} on {op}: {text}); check --profile / AWS_PROFILE and "
+                "the session's expiry. Nothing was changed.", EXIT_BAD_INPUT)
+    if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+        return (f"AWS denied {op} ({code}: {text}); `stanch playbook permissions NAME` prints the policy the "
+                f"runner needs. {_RESUME_HINT}", EXIT_REFUSED)
+    return (f"AWS error on {op} after retries ({code}: {text}); try again when the API recovers. {_RESUME_HINT}",
+            EXIT_NOT_CONTAINED)
+
+
 def handle_errors(fn: F) -> F:
-    """Bad input and refusals end with their exit code and a message, never a traceback."""
+    """Bad input, refusals and AWS failures end with their exit code and a message, never a traceback."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -73,8 +106,23 @@ def handle_errors(fn: F) -> F:
         except NoRegionError:
             err("stanch: no AWS region; pass --region or set AWS_DEFAULT_REGION. Nothing was changed.")
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except ClientError as exc:
+            text, code = aws_error_message(exc)
+            err(f"stanch: {text}")
+            raise typer.Exit(code) from None
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            err(f"stanch: AWS endpoint unreachable or not answering ({type(exc).__name__}: {exc}); check the "
+                f"network, --region and --endpoint-url. {_RESUME_HINT}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
         except BotoCoreError as exc:
-            err(f"stanch: AWS unreachable or misconfigured: {exc}")
+            err(f"stanch: AWS call failed ({type(exc).__name__}: {exc}). {_RESUME_HINT}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        except sqlite3.Error as exc:
+            err(f"stanch: the journal in the state directory failed ({exc}); check --state-dir (disk space, "
+                "permissions, another process holding it). " + _RESUME_HINT)
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        except OSError as exc:
+            err(f"stanch: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + ". " + _RESUME_HINT)
             raise typer.Exit(EXIT_NOT_CONTAINED) from None
         except KeyboardInterrupt:
             err("stanch: interrupted. The journal holds every change made so far: `stanch status` shows the run, "

@@ -7,17 +7,20 @@ the same protocol.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.errors import InputError, Problem, RunLockedError, UnknownRunError
+from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
 
 ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
 
@@ -73,6 +76,27 @@ class ApprovalRecord:
     change_digests: list[str]
 
 
+@dataclass
+class AnchorRecord:
+    """What the journal remembers of the audit log and the evidence when a run (or an approval,
+    a cancellation) ends: the audit head then, and the digest of the run's evidence manifest."""
+
+    run_id: str
+    at: str
+    audit_seq: int
+    audit_sha256: str
+    manifest_sha256: str | None
+
+
+class RunBusyError(RefusedError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is being executed by another stanch process (run, resume or worker); "
+                         f"wait for it to finish, then `stanch status {run_id}`")
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 class Journal(Protocol):
     def create_run(self, run: RunRecord, lock: bool) -> None: ...
     def get_run(self, run_id: str) -> RunRecord: ...
@@ -88,6 +112,9 @@ class Journal(Protocol):
     def changes(self, run_id: str) -> list[ChangeRecord]: ...
     def add_approval(self, approval: ApprovalRecord) -> None: ...
     def approvals(self, run_id: str) -> list[ApprovalRecord]: ...
+    def hold(self, run_id: str) -> AbstractContextManager[None]: ...
+    def add_anchor(self, anchor: AnchorRecord) -> None: ...
+    def anchors(self, run_id: str | None = None) -> list[AnchorRecord]: ...
 
 
 _SCHEMA = """
@@ -106,6 +133,9 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS approvals (
     run_id TEXT NOT NULL, step_id TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL,
     at TEXT NOT NULL, plan_digest TEXT NOT NULL, change_digests TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS anchors (
+    run_id TEXT NOT NULL, at TEXT NOT NULL, audit_seq INTEGER NOT NULL, audit_sha256 TEXT NOT NULL,
+    manifest_sha256 TEXT);
 """
 
 
@@ -137,6 +167,23 @@ class SqliteJournal:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        """Exclusive right to execute `run_id` (an OS file lock, released even by kill -9): two
+        `stanch resume` of one run never send a change twice; the second is refused (exit 4)."""
+        if not _RUN_ID.match(run_id):
+            raise UnknownRunError(run_id)
+        folder = self.path.parent / "locks"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(folder / f"{run_id}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusyError(run_id) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -248,3 +295,15 @@ class SqliteJournal:
                            json.loads(r["change_digests"]))
             for r in self._rows("SELECT * FROM approvals WHERE run_id=? ORDER BY at", run_id)
         ]
+
+    # -- tamper anchors --------------------------------------------------------------------
+    def add_anchor(self, anchor: AnchorRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO anchors VALUES (?,?,?,?,?)", (anchor.run_id, anchor.at, anchor.audit_seq,
+                                                                 anchor.audit_sha256, anchor.manifest_sha256))
+
+    def anchors(self, run_id: str | None = None) -> list[AnchorRecord]:
+        rows = (self._rows("SELECT * FROM anchors WHERE run_id=? ORDER BY audit_seq", run_id) if run_id
+                else self._rows("SELECT * FROM anchors ORDER BY audit_seq"))
+        return [AnchorRecord(r["run_id"], r["at"], int(r["audit_seq"]), r["audit_sha256"], r["manifest_sha256"])
+                for r in rows]

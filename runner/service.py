@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actions.registry import Registry, builtin_registry
-from runner.audit import make_logger
+from runner.audit import current_head, make_logger
 from runner.aws import AwsSession
 from runner.config import Config, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
-from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
+from runner.journal import AnchorRecord, ApprovalRecord, RunRecord, SqliteJournal, now_iso
 from runner.playbook import Playbook, load_playbook
 
 
@@ -83,10 +83,24 @@ def start_run(
     )
     try:
         journal.create_run(record, lock=not options.dry_run)
-        return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
-                        prompt, stream, session, resume=False)
+        with journal.hold(run_id):
+            return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
+                            prompt, stream, session, resume=False)
     finally:
         journal.close()
+
+
+def anchor(journal: SqliteJournal, state: Path, run_id: str, result: dict[str, Any] | None = None) -> None:
+    """Record the audit log's head (and the run's evidence manifest digest) in the journal, a second
+    store that `stanch audit verify` and `stanch evidence verify` check the files against."""
+    seq, digest = current_head(state / "audit.jsonl")
+    evidence = (result or {}).get("evidence") or {}
+    manifest = evidence.get("manifest_sha256")
+    if manifest is None:  # an approval or a cancellation: keep the digest the run recorded
+        earlier = [a.manifest_sha256 for a in journal.anchors(run_id) if a.manifest_sha256]
+        manifest = earlier[-1] if earlier else None
+    journal.add_anchor(AnchorRecord(run_id=run_id, at=now_iso(), audit_seq=seq, audit_sha256=digest,
+                                    manifest_sha256=manifest))
 
 
 def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
@@ -97,7 +111,11 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
                     journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
                     options=options, prompt=prompt, evidence_dir=state / "evidence" / incident.id / record.run_id)
-    result = engine.execute(resume=resume)
+    result: dict[str, Any] | None = None
+    try:
+        result = engine.execute(resume=resume)
+    finally:  # also when AWS fails under the engine: what was logged so far is anchored
+        anchor(journal, state, record.run_id, result)
     return Outcome(result, exit_code(result["status"]))
 
 
@@ -108,20 +126,29 @@ def resume_run(
     registry = registry or builtin_registry()
     journal = SqliteJournal(state)
     try:
-        record = journal.get_run(run_id)
-        if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
-            raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
-        stored = record.options
-        config = load_config(stored.get("config"))
-        playbook = load_playbook(stored["playbook_ref"], registry)
-        incident = validate_incident(f"run {run_id} incident", record.incident)
-        opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
-                          by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
-        aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
-        return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
-                        stream, session, resume=True)
+        journal.get_run(run_id)  # an unknown run is bad input before anything is locked
+        with journal.hold(run_id):  # a second resume of this run is refused, never run alongside
+            return _resume_held(run_id, journal, options, state, prompt, stream, registry, session)
     finally:
         journal.close()
+
+
+def _resume_held(run_id: str, journal: SqliteJournal, options: RunOptions, state: Path, prompt: Prompt | None,
+                 stream: TextIO | None, registry: Registry, session: AwsSession | None) -> Outcome:
+    record = journal.get_run(run_id)  # read again under the lock: another resume may have finished it
+    if record.status not in ("pending", "planning", "awaiting_approval", "applying", "verifying"):
+        raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
+    stored = record.options
+    config = load_config(stored.get("config"))
+    playbook = load_playbook(stored["playbook_ref"], registry)
+    incident = validate_incident(f"run {run_id} incident", record.incident)
+    opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
+                      by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
+    aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
+    return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
+                    stream, session, resume=True)
+
+
 
 
 def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
@@ -143,6 +170,7 @@ def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path
         log = make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
                           playbook=record.playbook, dry_run=record.dry_run)
         log.info("approval.recorded", step=step_id, by=by, message=reason, plan_digest=approval.plan_digest)
+        anchor(journal, state, run_id)
         return approval
     finally:
         journal.close()
@@ -198,6 +226,7 @@ def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
         make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
                     playbook=record.playbook, dry_run=record.dry_run).info(
             "run.cancelled", by=by, message=reason, outcome="failed", status="failed")
+        anchor(journal, state, run_id)
         record.status = "failed"
         return record
     finally:
