@@ -240,7 +240,7 @@ def verify_chain(path: Path, anchors: Sequence[Anchor] = (), *, runs: int = 0,
             problems.append(f"line {by_seq[highest][0]} (seq {highest}): edited (the last line no longer matches "
                             "the recorded head)")
         elif recorded[0] < highest:
-            problems.append(f"seq {recorded[0] + 1}-{highest}: lines after the recorded head (appended by "
+            problems.append(f"{_seqs(recorded[0] + 1, highest)}: lines after the recorded head (appended by "
                             "something other than stanch)")
     elif lines:
         problems.append(f"{head.name}: missing (deleted)")
@@ -255,6 +255,10 @@ def verify_chain(path: Path, anchors: Sequence[Anchor] = (), *, runs: int = 0,
             problems.append(f"{what}: edited (its hash no longer matches what line {n} recorded)")
     problems += _check_anchors(anchors, by_seq, highest, run_of, live_runs)
     return list(dict.fromkeys(problems))
+
+
+def _seqs(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seq {first}-{last}"
 
 
 def _check_anchors(anchors: Sequence[Anchor], by_seq: dict[int, tuple[int, str, str]], highest: int,
@@ -273,7 +277,7 @@ def _check_anchors(anchors: Sequence[Anchor], by_seq: dict[int, tuple[int, str, 
     if last is not None and highest > last:
         unanchored = [s for s in range(last + 1, highest + 1) if run_of.get(s, "") not in live_runs]
         if unanchored:
-            problems.append(f"seq {unanchored[0]}-{unanchored[-1]}: appended after the last head the journal "
+            problems.append(f"{_seqs(unanchored[0], unanchored[-1])}: appended after the last head the journal "
                             "anchored, by no run that is executing now (forged, or from a run killed before it "
                             "ended: `stanch resume` or `stanch cancel` it)")
     return problems

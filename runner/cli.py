@@ -462,46 +462,58 @@ app.add_typer(audit_app, name="audit")
 
 @evidence_app.command("verify")
 @handle_errors
-def evidence_verify(bundle: Annotated[Path, typer.Argument(help="The bundle directory (see the run's "
-                                                                "evidence.path)")]) -> None:
-    """Check every file of a bundle against its manifest. Exit 0 intact, 1 altered/missing/extra, 2 no bundle."""
-    from actions.evidence import MANIFEST, verify_bundle
+def evidence_verify(
+    target: Annotated[str, typer.Argument(help="A run id, or a bundle directory (see the run's evidence.path)")],
+    state_dir: StateDir = None,
+) -> None:
+    """Check every file of a bundle against its manifest, and the manifest against the digest the journal
+    recorded for its run. Symlinks are never followed. Exit 0 intact, 1 altered/missing/extra, 2 no bundle
+    or a malformed manifest."""
+    from runner.service import evidence_target
+    from runner.service import state_dir as resolve_state
 
-    if not (bundle / MANIFEST).is_file():
-        err(f"stanch: {bundle} is not an evidence bundle (no {MANIFEST})")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    bundle, run_id, expected = evidence_target(target, resolve_state(state_dir))
+    from actions.evidence import MalformedManifestError, verify_bundle
+
     try:
-        found = verify_bundle(bundle)
-    except (ValueError, KeyError, TypeError) as exc:
-        err(f"stanch: {bundle / MANIFEST} is unreadable or altered: {exc}")
-        raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        found = verify_bundle(bundle, expected)
+    except MalformedManifestError as exc:
+        err(f"stanch: {bundle}: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     bad = False
-    for kind in ("altered", "missing", "extra"):
+    for kind in ("manifest", "altered", "missing", "extra", "symlink"):
         for rel in found[kind]:
-            typer.echo(f"{kind.upper():<8} {rel}")
+            why = {"manifest": f"  (not the manifest run {run_id} recorded: rewritten)",
+                   "symlink": "  (not followed)"}.get(kind, "")
+            typer.echo(f"{kind.upper():<8} {rel}{why}")
             bad = True
     if bad:
         raise typer.Exit(EXIT_NOT_CONTAINED)
-    typer.echo(f"intact: every file in {bundle} matches its manifest")
+    anchored = (f"; the manifest is the one run {run_id} recorded" if expected else
+                "; no digest recorded for this bundle's run in this state directory, so the manifest itself "
+                "is unchecked")
+    typer.echo(f"intact: every file in {bundle} matches its manifest{anchored}")
 
 
 @audit_app.command("verify")
 @handle_errors
 def audit_verify(state_dir: StateDir = None) -> None:
-    """Check the audit log's hash chain: edited, deleted or reordered lines. Exit 0 intact, 1 not."""
-    from runner.audit import verify_chain
+    """Check the audit log's hash chain (edited, deleted, duplicated or reordered lines) and the heads the
+    journal anchored at the end of each run (a truncated, emptied or appended-to log). Exit 0 intact, 1 not."""
+    from runner.service import audit_problems
     from runner.service import state_dir as resolve_state
 
-    path = resolve_state(state_dir) / "audit.jsonl"
-    if not path.is_file():
+    state = resolve_state(state_dir)
+    path = state / "audit.jsonl"
+    problems, lines = audit_problems(state)
+    if lines is None:
         err(f"stanch: no audit log at {path}")
         raise typer.Exit(EXIT_BAD_INPUT)
-    problems = verify_chain(path)
     for p in problems:
         typer.echo(p)
     if problems:
         raise typer.Exit(EXIT_NOT_CONTAINED)
-    typer.echo(f"intact: {len(path.read_text().splitlines())} lines, hash chain unbroken")
+    typer.echo(f"intact: {lines} lines, hash chain unbroken, every anchored head found")
 
 
 @playbook_app.command("list")

@@ -228,6 +228,9 @@ class SqliteJournal:
             raise UnknownRunError(run_id)
         return self._run(rows[0])
 
+    def has_run(self, run_id: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM runs WHERE run_id=?", run_id))
+
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", limit)]
 
@@ -295,6 +298,20 @@ class SqliteJournal:
                            json.loads(r["change_digests"]))
             for r in self._rows("SELECT * FROM approvals WHERE run_id=? ORDER BY at", run_id)
         ]
+
+    def is_held(self, run_id: str) -> bool:
+        """True while some process executes `run_id` (holds its lock)."""
+        path = self.path.parent / "locks" / f"{run_id}.lock"
+        if not _RUN_ID.match(run_id) or not path.is_file() or path.is_symlink():
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     # -- tamper anchors --------------------------------------------------------------------
     def add_anchor(self, anchor: AnchorRecord) -> None:

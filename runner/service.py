@@ -254,3 +254,71 @@ def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[s
         return doc
     finally:
         journal.close()
+
+
+def audit_problems(state: Path) -> tuple[list[str], int | None]:
+    """(problems, number of lines) of the state directory's audit log, checked against the heads its
+    journal anchored; (.., None) when there is neither a log nor a journal to check."""
+    from runner.audit import Anchor, verify_chain
+
+    path = state / "audit.jsonl"
+    journal_path = state / "journal.sqlite3"
+    anchors: list[Anchor] = []
+    runs = 0
+    live: set[str] = set()
+    if journal_path.is_file():
+        journal = SqliteJournal(state)
+        try:
+            anchors = [Anchor(a.run_id, a.audit_seq, a.audit_sha256) for a in journal.anchors()]
+            records = journal.list_runs(limit=1_000_000)
+            runs = len(records)
+            live = {r.run_id for r in records if journal.is_held(r.run_id)}
+        finally:
+            journal.close()
+    if not path.exists() and not path.is_symlink() and not anchors and not runs:
+        return [], None
+    problems = verify_chain(path, anchors, runs=runs, live_runs=live)
+    lines = len(path.read_text(encoding="utf-8", errors="replace").splitlines()) if path.is_file() else 0
+    return problems, lines
+
+
+def evidence_target(target: str, state: Path) -> tuple[Path, str | None, str | None]:
+    """(bundle directory, its run id, the manifest digest the journal recorded for that run) for
+    `stanch evidence verify RUN_ID|DIR`. Symlinks are refused, never followed."""
+    from actions.evidence import MANIFEST, MalformedManifestError, read_manifest
+
+    path = Path(target)
+    journal = SqliteJournal(state) if (state / "journal.sqlite3").is_file() else None
+    try:
+        if path.is_symlink() or path.exists():
+            bundle, run_id = path, None
+        elif journal is not None:
+            record = journal.get_run(target)
+            run_id = record.run_id
+            bundle = state / "evidence" / record.incident_id / run_id  # where runs write it
+            recorded = ((record.result or {}).get("evidence") or {}).get("path")
+            if recorded and not (bundle.exists() or bundle.is_symlink()):
+                bundle = Path(recorded)
+        else:
+            raise InputError(target, [Problem("", f"no such bundle directory, and no journal in {state} "
+                                                  "to look a run up in")])
+        if bundle.is_symlink():
+            raise InputError(str(bundle), [Problem("", "is a symlink; evidence verify never follows symlinks")])
+        if not (bundle / MANIFEST).is_file() and not (bundle / MANIFEST).is_symlink():
+            raise InputError(str(bundle), [Problem("", f"not an evidence bundle (no {MANIFEST})")])
+        if run_id is None and journal is not None and journal.has_run(bundle.name):
+            run_id = bundle.name  # evidence/<incident>/<run id>: the journal, not the manifest, says whose
+        if run_id is None:
+            try:
+                found = read_manifest(bundle).get("run_id")
+            except MalformedManifestError:
+                found = None  # reported by the verification itself (exit 2)
+            run_id = str(found) if isinstance(found, str) else None
+        expected = None
+        if journal is not None and run_id is not None:
+            recorded_digests = [a.manifest_sha256 for a in journal.anchors(run_id) if a.manifest_sha256]
+            expected = recorded_digests[-1] if recorded_digests else None
+        return bundle, run_id, expected
+    finally:
+        if journal is not None:
+            journal.close()

@@ -190,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests and the soak print their own summaries
 
     def _reply(self, status: int, content_type: str, body: bytes,
@@ -239,4 +239,4 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = next((v for k, v in resp_headers if k.lower() == "content-type"), "text/plain")
         self._reply(status, content_type, resp_body, resp_headers)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle  # noqa: N815 - http.server's names
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle  # http.server dispatches on these names
