@@ -27,6 +27,7 @@ from actions.common import is_code, iso, paginate
 from actions.registry import register
 from runner import __version__
 from runner.audit import redact_value
+from runner.aws import THROTTLING_CODES
 
 MANIFEST = "manifest.json"
 
@@ -364,21 +365,19 @@ def _ecs(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
 
 #: a transient failure of an evidence read (after botocore's own retries) is tried this many times
 EVIDENCE_READ_TRIES = 3
-_THROTTLING = ("Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",
-               "TooManyRequestsException", "RequestThrottled", "SlowDown", "ServiceUnavailable",
-               "ServiceUnavailableException", "InternalError", "InternalFailure", "RequestTimeout")
 _sleep = time.sleep  # tests replace it
 
 
 def _transient(exc: ClientError | BotoCoreError) -> bool:
+    """Throttling and dropped connections pass; an API answering 5xx after botocore's retries is down
+    (or, in an emulator, missing): asking again only delays the steps that wait for the evidence."""
     if isinstance(exc, ClientError):
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return is_code(exc, *_THROTTLING) or status >= 500
+        return is_code(exc, *THROTTLING_CODES)
     return isinstance(exc, HTTPClientError | ConnectionError)
 
 
 def retried(call: Callable[..., Any], **kwargs: Any) -> Any:
-    """call(**kwargs), tried again (with a pause) on throttling, 5xx and dropped connections."""
+    """call(**kwargs), tried again (with a pause) when still throttled or cut off after botocore's retries."""
     for attempt in range(1, EVIDENCE_READ_TRIES + 1):
         try:
             return call(**kwargs)

@@ -40,6 +40,25 @@ WRITE_RETRY_QUOTA = 500
 READ_RETRY_QUOTA = 5000
 
 
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestThrottled",
+    "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
+})
+
+
+def _throttled_or_dropped(kwargs: dict[str, Any]) -> bool:
+    if kwargs.get("caught_exception") is not None:  # reset, timeout, refused connection
+        return True
+    response = kwargs.get("response")
+    if not response:
+        return False
+    http, parsed = response
+    code = (parsed or {}).get("Error", {}).get("Code")
+    return code in THROTTLING_CODES or getattr(http, "status_code", 0) == 429
+
+
 class BudgetedRetries:
     """botocore's standard retry handler, with one attempt budget (and retry quota) for reads and a
     smaller one for writes. Reads are safe to repeat; a write retried many times against a struggling
@@ -66,7 +85,12 @@ class BudgetedRetries:
         return self.read if is_read_operation(getattr(operation, "name", "")) else self.write
 
     def needs_retry(self, **kwargs: Any) -> float | None:
-        delay: float | None = self._for(kwargs.get("operation"))[0].needs_retry(**kwargs)
+        """Reads get the large budget against throttling and dropped connections, which pass; other
+        errors (a 500 from an API that is down or unsupported) get the write budget, which fails fast."""
+        handler = self._for(kwargs.get("operation"))[0]
+        if handler is self.read[0] and not _throttled_or_dropped(kwargs):
+            handler = self.write[0]
+        delay: float | None = handler.needs_retry(**kwargs)
         return delay
 
     def release_quota(self, **kwargs: Any) -> None:

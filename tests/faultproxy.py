@@ -13,7 +13,8 @@ goes through here first. The proxy can add a fixed latency, and can answer inste
 
 Faults are chosen per operation (`rules={"UpdateAccessKey": "throttle"}`, or `"throttle:2"` for
 the first two calls only; operations are read from X-Amz-Target or the Action= field) or at
-random with fixed probabilities from a seeded generator, so a run is repeatable:
+random with fixed probabilities from seeded generators (one per operation, so a run is repeatable
+even when its calls are concurrent):
 
     with FaultProxy(moto_url, throttle=0.2, error5xx=0.05, seed=7) as proxy:
         subprocess.run(["stanch", "run", "incident.json", "--endpoint-url", proxy.url])
@@ -117,7 +118,8 @@ class FaultProxy:
         #: operations that reached the moto server, by name (a write sent twice shows here)
         self.forwarded: Counter[str] = Counter()
         self.url = ""
-        self._random = random.Random(seed)
+        self._seed = seed
+        self._random: dict[str, random.Random] = {}  # one stream per operation
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -159,7 +161,9 @@ class FaultProxy:
                     self.counts[kind] += 1
                     return kind
                 return None
-            draw = self._random.random()
+            # a stream per operation: which calls fail does not depend on how threads interleave
+            stream = self._random.setdefault(operation, random.Random(f"{self._seed}/{operation}"))
+            draw = stream.random()
             edge = 0.0
             for kind in KINDS:
                 edge += self.probabilities[kind]
