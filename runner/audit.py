@@ -23,23 +23,91 @@ import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 REDACTED = "[REDACTED]"
+#: dict keys whose values are secrets wherever they appear (API responses, events, documents)
 _SECRET_KEY = re.compile(r"(secret|password|passwd|session_?token|sessiontoken|credentials|private_?key)", re.I)
+#: names (of ECS environment variables, of tags) whose values are secrets
+_SECRET_NAME = re.compile(r"(passw(or)?d|pwd|secret|token|api_?key|apikey|private_?key|access_?key|credential|"
+                          r"auth|signing_?key|encryption_?key|conn(ection)?_?str)", re.I)
+#: keys holding whole blobs that routinely carry secrets (EC2 user data)
+_BLOB_KEYS = frozenset({"userData", "UserData", "user_data", "userdata"})
 # AWS secret access keys: 40 chars of base64 with mixed case; session tokens: long base64 runs.
 _SECRET_VALUE = re.compile(
     r"(?<![A-Za-z0-9/+=])(?=[A-Za-z0-9/+]*[a-z])(?=[A-Za-z0-9/+]*[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
     r"|[A-Za-z0-9/+=]{100,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)"
+    r"|\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|sk_live_[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_-]{35}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})",
+    re.S,
 )
+#: `password: x`, `token=x`, `"secret": "x"` in free text (an incident summary, an error message)
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|token|api[_-]?key|private[_-]?key|access[_-]?key))"
+    r"(\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;]+)"
+)
+
+
 AUDIT_FIELDS = ("run_id", "incident_id", "playbook", "step", "action", "target", "operation",
                 "dry_run", "outcome", "duration_ms")
 GENESIS = "0" * 64
 
 
+def _secret_named(value: dict[Any, Any], key: Any) -> bool:
+    """`key` holds a secret by its own name (Password, SecretAccessKey, UserData), or as the value of
+    an environment variable or tag whose name says so (DB_PASSWORD, deploy_token)."""
+    if isinstance(key, str) and (_SECRET_KEY.search(key) or key in _BLOB_KEYS):
+        return True
+    pair = _named_pair(value)
+    return pair is not None and key == pair[1] and bool(_SECRET_NAME.search(str(value[pair[0]])))
+
+
+def redacted(value: Any) -> str:
+    """What replaces a secret: the marker and the SHA-256 of the value, so equality stays provable."""
+    raw = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return f"{REDACTED} sha256={hashlib.sha256(raw.encode('utf-8')).hexdigest()}"
+
+
+def _is_redacted(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REDACTED)
+
+
+def _redact_text(text: str) -> str:
+    def assignment(m: re.Match[str]) -> str:
+        value = m.group(3)
+        if value.startswith(REDACTED[:1]) or not value.strip("\"'"):
+            return m.group(0)
+        return f"{m.group(1)}{m.group(2)}{redacted(value.strip(chr(34) + chr(39)))}"
+
+    text = _SECRET_VALUE.sub(lambda m: redacted(m.group(0)), text)
+    return _SECRET_ASSIGNMENT.sub(assignment, text)
+
+
+def _named_pair(value: dict[Any, Any]) -> tuple[str, str] | None:
+    """(name key, value key) of an ECS environment entry or a tag: {name, value} or {Key, Value}."""
+    for name_key, value_key in (("name", "value"), ("Key", "Value"), ("key", "value")):
+        if isinstance(value.get(name_key), str) and value_key in value:
+            return name_key, value_key
+    return None
+
+
 def redact_value(value: Any) -> Any:
+    """A copy of `value` with every secret replaced by `[REDACTED] sha256=...`: secret-named keys,
+    secret-named environment variables and tags, every ECS `secrets` entry, user data, and
+    secret-shaped strings or `password: x` assignments anywhere in text."""
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
+        return value if _is_redacted(value) else _redact_text(value)
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact_value(v))
-                for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if _is_redacted(v):
+                out[k] = v
+            elif k == "secrets" and isinstance(v, list):  # ECS: every secrets entry, whatever its name
+                out[k] = [{**e, "valueFrom": redacted(e["valueFrom"])} if isinstance(e, dict) and e.get("valueFrom")
+                          and not _is_redacted(e["valueFrom"]) else redact_value(e) for e in v]
+            elif v and _secret_named(value, k):
+                out[k] = redacted(v)
+            else:
+                out[k] = redact_value(v)
+        return out
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     return value

@@ -20,9 +20,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.audit import redact_value
 from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
 
 ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+
+
+def _stored(value: Any) -> str:
+    """JSON for the journal, secrets replaced by their SHA-256 (see runner.audit.redact_value)."""
+    return json.dumps(redact_value(value))
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else str(redact_value(value))
 
 
 def now_iso() -> str:
@@ -210,7 +220,7 @@ class SqliteJournal:
             db.execute(
                 "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.incident_id, run.playbook, run.status, int(run.dry_run), run.created_at,
-                 run.updated_at, json.dumps(run.incident), json.dumps(run.options), None),
+                 run.updated_at, _stored(run.incident), _stored(run.options), None),
             )
 
     @staticmethod
@@ -240,7 +250,7 @@ class SqliteJournal:
                 db.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, now_iso(), run_id))
             else:
                 db.execute("UPDATE runs SET status=?, updated_at=?, result=? WHERE run_id=?",
-                           (status, now_iso(), json.dumps(result), run_id))
+                           (status, now_iso(), _stored(result), run_id))
 
     def release(self, run_id: str) -> None:
         with self._tx() as db:
@@ -254,7 +264,7 @@ class SqliteJournal:
                 "INSERT INTO steps VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, step_id) DO UPDATE SET "
                 "status=excluded.status, plan=COALESCE(excluded.plan, steps.plan), error=excluded.error, "
                 "updated_at=excluded.updated_at",
-                (run_id, step_id, status, json.dumps(plan) if plan is not None else None, error, now_iso()),
+                (run_id, step_id, status, _stored(plan) if plan is not None else None, _text(error), now_iso()),
             )
 
     def steps(self, run_id: str) -> dict[str, StepRecord]:
@@ -276,7 +286,7 @@ class SqliteJournal:
                         error: str | None = None) -> None:
         with self._tx() as db:
             db.execute("UPDATE changes SET status=?, error=?, finished_at=? WHERE run_id=? AND step_id=? AND digest=?",
-                       (status, error, now_iso(), run_id, step_id, digest))
+                       (status, _text(error), now_iso(), run_id, step_id, digest))
 
     def changes(self, run_id: str) -> list[ChangeRecord]:
         return [
@@ -289,7 +299,7 @@ class SqliteJournal:
     def add_approval(self, approval: ApprovalRecord) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO approvals VALUES (?,?,?,?,?,?,?)",
-                       (approval.run_id, approval.step_id, approval.by, approval.reason, approval.at,
+                       (approval.run_id, approval.step_id, approval.by, _text(approval.reason), approval.at,
                         approval.plan_digest, json.dumps(approval.change_digests)))
 
     def approvals(self, run_id: str) -> list[ApprovalRecord]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actions.registry import Registry, builtin_registry
-from runner.audit import current_head, make_logger
+from runner.audit import current_head, make_logger, redact_value
 from runner.aws import AwsSession
 from runner.config import Config, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
@@ -116,7 +116,7 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
         result = engine.execute(resume=resume)
     finally:  # also when AWS fails under the engine: what was logged so far is anchored
         anchor(journal, state, record.run_id, result)
-    return Outcome(result, exit_code(result["status"]))
+    return Outcome(redact_value(result), exit_code(result["status"]))
 
 
 def resume_run(
