@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -149,6 +150,34 @@ CREATE TABLE IF NOT EXISTS anchors (
 """
 
 
+#: what stanch keeps directly in a state directory; none of it may be a symlink
+STATE_ENTRIES = ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", "audit.jsonl",
+                 "audit.jsonl.head", "audit.jsonl.head.tmp", "audit.jsonl.lock", "evidence", "locks", "rollback")
+
+
+def secure_state_dir(state: Path) -> None:
+    """Create the state directory owner-only (0700) and its journal 0600; tighten what is found looser,
+    with a warning; refuse (exit 2) a state directory whose files are symlinks, which would make
+    stanch write wherever they point."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    linked = [name for name in STATE_ENTRIES if (state / name).is_symlink()]
+    if linked:
+        raise InputError(str(state), [Problem(name, "is a symlink; stanch never writes through symlinks in its "
+                                                    "state directory (replace it with the file itself)")
+                                      for name in linked])
+    for path in [state, *state.iterdir()]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        wanted = 0o700 if path.is_dir() else 0o600
+        if mode & 0o077:
+            path.chmod(mode & wanted)
+            sys.stderr.write(f"stanch: warning: {path} was open to other users ({oct(mode)}); tightened to "
+                             f"{oct(mode & wanted)}\n")
+    fd = os.open(state / "journal.sqlite3", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.close(fd)  # SQLite gives its -wal and -shm files the database file's mode
+
+
 class SqliteJournal:
     """SQLite journal. One connection shared by the run's threads, serialised by a lock;
     every write is its own committed transaction (WAL, synchronous=FULL)."""
@@ -156,7 +185,7 @@ class SqliteJournal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "journal.sqlite3"
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            secure_state_dir(state_dir)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         except (OSError, sqlite3.OperationalError) as exc:
             raise InputError(str(state_dir), [Problem("", f"cannot use this state directory: {exc}; pass "

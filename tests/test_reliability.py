@@ -283,3 +283,20 @@ def test_containment_survives_half_the_calls_throttled(seeded_incident: Path, mo
     assert ecs.list_tasks(cluster=NAMES["cluster"], desiredStatus="RUNNING")["taskArns"] == []
     alice = iam.list_access_keys(UserName="alice")["AccessKeyMetadata"]
     assert all(k["Status"] == "Active" for k in alice)  # the look-alike is untouched
+
+
+# ------------------------------------------------------------------ bounded YAML
+
+def test_yaml_alias_bomb_under_a_steps_with_is_refused_before_expansion(tmp_path: Path) -> None:
+    """9**10 values once expanded: refused from the node graph, never built (no timing assert: an
+    expansion would not finish at all)."""
+    levels = "".join(f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("version: 1\nname: bomb\nsteps:\n  - id: keys\n    action: iam.deactivate-access-keys\n"
+                    "    with:\n      l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("version: 1\nname: deep\nsteps: " + "[" * 200 + "]" * 200 + "\n")
+    for path, words in ((bomb, "aliases are resolved"), (deep, "nested deeper")):
+        out = CliRunner().invoke(app, ["playbook", "validate", str(path)])
+        assert out.exit_code == 2 and words in out.output, out.output
+    assert CliRunner().invoke(app, ["playbook", "validate", "cryptojacking-root-key"]).exit_code == 0

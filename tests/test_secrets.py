@@ -94,3 +94,42 @@ def test_redaction_rules() -> None:
     assert "abc123" not in doc["summary"] and "MIIE" not in doc["summary"]
     assert doc["AccessKeyId"] == "AKIAABCDEFGHIJKLMNOP"  # identifiers are not secrets
     assert redact_value(doc) == doc  # redacting twice changes nothing
+
+
+# ------------------------------------------------------------------ state directory files
+
+def test_state_dir_and_files_are_owner_only_and_looser_ones_are_tightened(tmp_path: Path) -> None:
+    import stat
+
+    from runner.audit import AuditLog
+    from runner.journal import SqliteJournal
+
+    fresh = tmp_path / "fresh"
+    SqliteJournal(fresh).close()
+    AuditLog(fresh / "audit.jsonl").write({"event": "x"})
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    for f in fresh.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+    fresh.chmod(0o755)
+    (fresh / "journal.sqlite3").chmod(0o644)
+    (fresh / "audit.jsonl").chmod(0o644)
+    out = CliRunner().invoke(app, ["status", "--state-dir", str(fresh)])
+    assert out.exit_code == 0, out.output
+    assert "tightened" in out.output
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert stat.S_IMODE((fresh / "journal.sqlite3").stat().st_mode) == 0o600
+    assert stat.S_IMODE((fresh / "audit.jsonl").stat().st_mode) == 0o600
+
+
+def test_symlinked_state_files_are_refused_and_their_targets_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name in ("audit.jsonl", "journal.sqlite3"):
+        state = tmp_path / f"state-{name}"
+        state.mkdir(mode=0o700)
+        (state / name).symlink_to(victim)
+        out = CliRunner().invoke(app, ["status", "--state-dir", str(state)])
+        assert out.exit_code == 2, out.output
+        assert "symlink" in out.output
+    assert victim.read_text() == "precious\n"
