@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 from botocore.retries import quota, standard
 
 from runner.config import AwsSection
@@ -49,8 +50,9 @@ THROTTLING_CODES = frozenset({
 
 
 def _throttled_or_dropped(kwargs: dict[str, Any]) -> bool:
-    if kwargs.get("caught_exception") is not None:  # reset, timeout, refused connection
-        return True
+    caught = kwargs.get("caught_exception")
+    if caught is not None:  # a reset or a read timeout passes; nothing listening at all does not
+        return not isinstance(caught, EndpointConnectionError | ConnectTimeoutError)
     response = kwargs.get("response")
     if not response:
         return False

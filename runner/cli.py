@@ -111,7 +111,7 @@ def handle_errors(fn: F) -> F:
             err(f"stanch: {text}")
             raise typer.Exit(code) from None
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
-            err(f"stanch: AWS endpoint unreachable or not answering ({type(exc).__name__}: {exc}); check the "
+            err(f"stanch: AWS unreachable or not answering ({type(exc).__name__}: {exc}); check the "
                 f"network, --region and --endpoint-url. {_RESUME_HINT}")
             raise typer.Exit(EXIT_NOT_CONTAINED) from None
         except BotoCoreError as exc:
