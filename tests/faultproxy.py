@@ -35,11 +35,14 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
 KINDS = ("throttle", "error5xx", "reset", "timeout")
+READ_PREFIXES = ("Describe", "List", "Get", "Lookup", "Search", "Head", "BatchGet", "Query", "Scan", "Simulate",
+                 "AssumeRole")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "content-length"}
@@ -98,7 +101,7 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, latency_ms: float = 0, throttle: float = 0, error5xx: float = 0,
                  reset: float = 0, timeout: float = 0, seed: int = 0, rules: dict[str, str] | None = None,
-                 hang_s: float = 30.0) -> None:
+                 hang_s: float = 30.0, on_write: Callable[[str, int, str], None] | None = None) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS or parts.port is None:
             raise ValueError(f"upstream must be http://127.0.0.1:PORT (a local moto server), not {upstream!r}")
@@ -114,6 +117,11 @@ class FaultProxy:
                 raise ValueError(f"rule for {op}: unknown fault {kind!r}; one of {', '.join(KINDS)}")
             self.rules[op] = (kind, int(times) if times else None)
         self.hang_s = hang_s
+        #: called for every write request as (operation, its number among writes, "before" | "after")
+        #: forwarding it: a test can kill the client exactly at a change boundary (raising in the
+        #: "before" call drops the request unsent)
+        self.on_write = on_write
+        self.writes = 0
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
         #: operations that reached the moto server, by name (a write sent twice shows here)
         self.forwarded: Counter[str] = Counter()
@@ -233,9 +241,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
+        number = 0
+        if owner.on_write is not None and operation and not operation.startswith(READ_PREFIXES):
+            with owner._lock:
+                owner.writes += 1
+                number = owner.writes
+            owner.on_write(operation, number, "before")
         status, resp_headers, resp_body = owner.forward(self.command, self.path, headers, body)
         with owner._lock:
             owner.forwarded[operation] += 1
+        if number:
+            owner.on_write(operation, number, "after")
         if fault == "timeout":  # the server acted; its answer is lost
             owner._stopping.wait(owner.hang_s)
             self._reset()

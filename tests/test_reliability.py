@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,47 @@ def test_yaml_alias_bomb_under_a_steps_with_is_refused_before_expansion(tmp_path
         out = CliRunner().invoke(app, ["playbook", "validate", str(path)])
         assert out.exit_code == 2 and words in out.output, out.output
     assert CliRunner().invoke(app, ["playbook", "validate", "cryptojacking-root-key"]).exit_code == 0
+
+
+# ------------------------------------------------------------------ kill -9 at a change boundary
+
+@pytest.mark.parametrize(("nth", "phase"), [(2, "before"), (3, "after")])
+def test_kill_at_a_change_boundary_then_resume_applies_each_change_once(
+        seeded_incident: Path, moto_server: MotoServer, tmp_path: Path, nth: int, phase: str) -> None:
+    """The proxy kills the run exactly when its nth write is about to reach AWS ("before") or has
+    reached it without the answer getting back ("after"): driven by the requests, not by timing."""
+    import signal
+
+    state = tmp_path / "state"
+    proc: list[subprocess.Popen[str]] = []
+    killed = threading.Event()
+
+    def kill(operation: str, number: int, when: str) -> None:
+        if number == nth and when == phase and not killed.is_set():
+            killed.set()
+            os.kill(proc[0].pid, signal.SIGKILL)
+            if when == "before":
+                raise ConnectionAbortedError("killed before the write reached AWS")  # never forwarded
+
+    with FaultProxy(moto_server.url, on_write=kill) as proxy:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
+        proc.append(subprocess.Popen([*STANCH, "run", str(seeded_incident), "--approve-all", "--state-dir",
+                                      str(state)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, stdin=subprocess.DEVNULL))
+        _, err = proc[0].communicate(timeout=300)
+        assert killed.is_set() and proc[0].returncode == -signal.SIGKILL, err[-3000:]
+        run_id = json.loads((state / "audit.jsonl").read_text().splitlines()[0])["run_id"]
+        resumed = subprocess.run([*STANCH, "resume", run_id, "--approve-all", "--state-dir", str(state)],
+                                 env=env, capture_output=True, text=True, timeout=300, check=False,
+                                 stdin=subprocess.DEVNULL)
+        sent = dict(proxy.forwarded)
+    assert resumed.returncode in (0, 5), resumed.stderr[-3000:]
+    assert all(n == 1 for n in applied_per_change(state).values())
+    assert sent.get("UpdateAccessKey", 0) <= len(seeded_access_keys())
+    assert sent.get("UpdateService", 0) == 1 and sent.get("StopTask", 0) == 2  # each sent once
+    assert CliRunner().invoke(app, ["audit", "verify", "--state-dir", str(state)]).exit_code == 0
+
+
+def seeded_access_keys() -> list[Any]:
+    iam = boto3.Session(region_name="us-east-1").client("iam")
+    return list(iam.list_access_keys(UserName=NAMES["user"])["AccessKeyMetadata"])
