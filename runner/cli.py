@@ -469,12 +469,11 @@ def evidence_verify(
     """Check every file of a bundle against its manifest, and the manifest against the digest the journal
     recorded for its run. Symlinks are never followed. Exit 0 intact, 1 altered/missing/extra, 2 no bundle
     or a malformed manifest."""
+    from actions.evidence import MalformedManifestError, verify_bundle
     from runner.service import evidence_target
     from runner.service import state_dir as resolve_state
 
     bundle, run_id, expected = evidence_target(target, resolve_state(state_dir))
-    from actions.evidence import MalformedManifestError, verify_bundle
-
     try:
         found = verify_bundle(bundle, expected)
     except MalformedManifestError as exc:

@@ -149,8 +149,6 @@ def _resume_held(run_id: str, journal: SqliteJournal, options: RunOptions, state
                     stream, session, resume=True)
 
 
-
-
 def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
     journal = SqliteJournal(state)
     try:
