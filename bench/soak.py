@@ -3,6 +3,7 @@ account itself is checked (not stanch's word for it). Prints the table of issue 
 
     python bench/soak.py --runs 20            # 20 runs per profile
     python bench/soak.py --runs 4 --profile 50%-throttle
+    python bench/soak.py --kill-every-boundary   # kill -9 before and after each write, then resume
 
 Each run gets its own account (the moto server is reset), other names than the reference, its own
 state directory, and `stanch run --approve-all` in a separate process through the proxy. A run that
@@ -161,16 +162,71 @@ def one_run(i: int, moto_url: str, profile: dict[str, Any], seed_value: int, tal
             print(f"  run {i}: exit {proc.returncode}: {' | '.join(tail)[:300]}", file=sys.stderr)
 
 
+def kill_run(i: int, moto_url: str, nth: int, phase: str, tally: Tally) -> int:
+    """One run killed (SIGKILL) exactly when its nth write is about to reach AWS ("before") or has
+    reached it ("after"), then resumed; returns how many writes the run made."""
+    import signal
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"), timeout=10).read()
+    os.environ["AWS_ENDPOINT_URL"] = moto_url
+    data = seed(boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                              region_name="us-east-1"), NAMES[i % len(NAMES)])
+    procs: list[subprocess.Popen[str]] = []
+
+    def kill(operation: str, number: int, when: str) -> None:
+        if number == nth and when == phase and procs and procs[0].poll() is None:
+            os.kill(procs[0].pid, signal.SIGKILL)
+            if when == "before":
+                raise ConnectionAbortedError("killed before the write was sent")
+
+    with tempfile.TemporaryDirectory() as tmp, FaultProxy(moto_url, on_write=kill) as proxy:
+        state = Path(tmp) / "state"
+        incident = Path(tmp) / "incident.json"
+        incident.write_text(json.dumps(data["incident"]))
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "STANCH_STATE_DIR": str(state),
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        t0 = time.perf_counter()
+        procs.append(subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(incident), "--approve-all"],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      stdin=subprocess.DEVNULL))
+        _, err = procs[0].communicate(timeout=900)
+        outputs = [err]
+        contained = procs[0].returncode in (0, 5)
+        if procs[0].returncode == -signal.SIGKILL:
+            run_id = json.loads((state / "audit.jsonl").read_text().splitlines()[0])["run_id"]
+            again = stanch(["resume", run_id, "--approve-all"], env)
+            outputs.append(again.stderr)
+            contained = again.returncode in (0, 5)
+        tally.wall_s.append(time.perf_counter() - t0)
+        tally.runs += 1
+        tally.contained += contained
+        tally.tracebacks += sum("Traceback (most recent call last)" in e for e in outputs)
+        tally.double_applies += double_applies(state)
+        keys_ok, miners_ok = account_checks(moto_url, data)
+        tally.keys_inactive += keys_ok
+        tally.miners_stopped += miners_ok
+        return proxy.writes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--profile", choices=sorted(PROFILES), action="append")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--kill-every-boundary", action="store_true",
+                        help="instead of the fault profiles: kill -9 before and after every write, then resume")
     args = parser.parse_args()
     moto, url = start_moto()
     rows = []
     try:
-        for name in args.profile or ["20%-throttle+5%-5xx", "50%-throttle"]:
+        if args.kill_every_boundary:
+            tally = Tally()
+            writes = kill_run(0, url, 10_000, "never", Tally())  # a clean run counts the writes
+            for nth in range(1, writes + 1):
+                for phase in ("before", "after"):
+                    kill_run(nth, url, nth, phase, tally)
+            rows.append((f"kill -9 x{2 * writes}", tally))
+        for name in [] if args.kill_every_boundary else args.profile or ["20%-throttle+5%-5xx", "50%-throttle"]:
             tally = Tally()
             for i in range(args.runs):
                 one_run(i, url, PROFILES[name], args.seed, tally)
