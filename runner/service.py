@@ -264,6 +264,8 @@ def audit_problems(state: Path) -> tuple[list[str], int | None]:
     anchors: list[Anchor] = []
     runs = 0
     live: set[str] = set()
+    if path.is_symlink():  # tampering, not bad input: reported before the journal would refuse the directory
+        return [f"{path.name}: is a symlink; not followed"], 0
     if journal_path.is_file():
         journal = SqliteJournal(state)
         try:
