@@ -14,18 +14,20 @@ import base64
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.common import is_code, iso, paginate
 from actions.registry import register
 from runner import __version__
 from runner.audit import redact_value
+from runner.aws import THROTTLING_CODES
 
 MANIFEST = "manifest.json"
 
@@ -69,15 +71,73 @@ class Bundle:
         self.gaps.append({"source": source, "reason": reason})
 
 
-def verify_bundle(root: Path) -> dict[str, list[str]]:
-    """Compare a bundle with its manifest: altered, missing and extra files."""
-    manifest = json.loads((root / MANIFEST).read_text())
-    listed: dict[str, Any] = manifest.get("files", {})
-    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+class MalformedManifestError(ValueError):
+    """The manifest is not a stanch evidence manifest (wrong shape, unsafe paths)."""
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The bundle's manifest, checked for shape; never read through a symlink."""
+    path = root / MANIFEST
+    if path.is_symlink():
+        raise MalformedManifestError(f"{MANIFEST} is a symlink; not followed")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise MalformedManifestError(f"{MANIFEST} is not readable JSON ({exc})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise MalformedManifestError(f"{MANIFEST} is not an evidence manifest (no 'files' object)")
+    for rel, meta in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise MalformedManifestError(f"{MANIFEST} lists an unsafe path {rel!r}")
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+                and isinstance(meta.get("size"), int) and not isinstance(meta.get("size"), bool)):
+            raise MalformedManifestError(f"{MANIFEST}: entry {rel!r} has no sha256 and size")
+    checked: dict[str, Any] = manifest
+    return checked
+
+
+def _bundle_files(root: Path) -> tuple[set[str], list[str]]:
+    """Regular files under root (relative paths) and symlinks found there (never followed)."""
+    present: set[str] = set()
+    links: list[str] = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in [*dirs, *names]:
+            full = Path(folder) / name
+            if full.is_symlink():
+                links.append(str(full.relative_to(root)))
+            elif name in names and full.is_file():
+                present.add(str(full.relative_to(root)))
+    return present, sorted(links)
+
+
+def _sha256_nofollow(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        h = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(65536), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_bundle(root: Path, expected_manifest: str | None = None) -> dict[str, list[str]]:
+    """Compare a bundle with its manifest: altered, missing and extra files, symlinks (not followed),
+    and, given the digest the journal recorded for the run, a rewritten manifest.
+    Raises MalformedManifestError when the manifest is not one."""
+    manifest = read_manifest(root)
+    listed: dict[str, Any] = manifest["files"]
+    present, links = _bundle_files(root)
+    present.discard(MANIFEST)
     altered = [rel for rel, meta in listed.items() if rel in present and (
-        (root / rel).stat().st_size != meta["size"] or sha256_file(root / rel) != meta["sha256"])]
-    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
-    return {"altered": sorted(altered), "missing": missing, "extra": extra}
+        (root / rel).stat().st_size != meta["size"] or _sha256_nofollow(root / rel) != meta["sha256"])]
+    missing = sorted(set(listed) - present - set(links))
+    extra = sorted(present - set(listed))
+    rewritten = []
+    if expected_manifest is not None and _sha256_nofollow(root / MANIFEST) != expected_manifest:
+        rewritten.append(MANIFEST)
+    return {"altered": sorted(altered), "missing": missing, "extra": extra, "symlink": links,
+            "manifest": rewritten}
 
 
 class EvidenceParams(Params):
@@ -172,18 +232,20 @@ class CaptureEvidence(Action[EvidenceParams]):
 
 def capture(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
     started = datetime.now(UTC)
-    identity = ctx.aws.client("sts").get_caller_identity()
+    identity = retried(ctx.aws.client("sts").get_caller_identity)
     bundle.write("incident.json", ctx.incident.to_json())
     bundle.write("scope.json", scope)  # read before any change was made
     iam = ctx.aws.client("iam")
-    jobs: list[Callable[[], None]] = [
-        lambda: _users(iam, scope, bundle),
-        lambda: _groups_and_roles(iam, scope, bundle),
-        lambda: _ecs(ctx, scope, bundle),
-        lambda: _cloudtrail(ctx, scope, bundle),
+    jobs: list[tuple[str, Callable[[], None]]] = [
+        ("iam:users", lambda: _users(iam, scope, bundle)),
+        ("iam:groups-and-roles", lambda: _groups_and_roles(iam, scope, bundle)),
+        ("ecs", lambda: _ecs(ctx, scope, bundle)),
+        ("cloudtrail", lambda: _cloudtrail(ctx, scope, bundle)),
     ]
-    ctx.fanout(lambda job: job(), jobs)
-    bundle.write("account-summary.json", iam.get_account_summary()["SummaryMap"])
+    ctx.fanout(lambda job: _guarded(bundle, *job), jobs)
+    summary = _guarded(bundle, "iam:GetAccountSummary", lambda: retried(iam.get_account_summary)["SummaryMap"])
+    if summary is not None:
+        bundle.write("account-summary.json", summary)
     manifest = {
         "schema": "stanch.evidence/v1", "tool": f"stanch {__version__}", "run_id": ctx.run_id,
         "incident_id": ctx.incident.id, "account_id": ctx.incident.account_id,
@@ -193,6 +255,17 @@ def capture(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
         "files": dict(sorted(bundle.files.items())), "gaps": bundle.gaps,
     }
     write_manifest(bundle.root, manifest)
+
+
+def _guarded(bundle: Bundle, source: str, job: Callable[[], Any]) -> Any:
+    """Run one capture job; if AWS still fails after every retry, the bundle records a gap for it
+    instead of failing the step (the compute steps wait for evidence: a miner must not keep running
+    because one Describe call was throttled)."""
+    try:
+        return job()
+    except (ClientError, BotoCoreError) as exc:
+        bundle.gap(source, f"{type(exc).__name__}: {exc}"[:300])
+        return None
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -290,6 +363,47 @@ def _ecs(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
         })
 
 
+#: a transient failure of an evidence read (after botocore's own retries) is tried this many times
+EVIDENCE_READ_TRIES = 3
+_sleep = time.sleep  # tests replace it
+
+
+def _transient(exc: ClientError | BotoCoreError) -> bool:
+    """Throttling and dropped connections pass; an API answering 5xx after botocore's retries is down
+    (or, in an emulator, missing): asking again only delays the steps that wait for the evidence."""
+    if isinstance(exc, ClientError):
+        return is_code(exc, *THROTTLING_CODES)
+    return isinstance(exc, HTTPClientError | ConnectionError)
+
+
+def retried(call: Callable[..., Any], **kwargs: Any) -> Any:
+    """call(**kwargs), tried again (with a pause) when still throttled or cut off after botocore's retries."""
+    for attempt in range(1, EVIDENCE_READ_TRIES + 1):
+        try:
+            return call(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            if attempt == EVIDENCE_READ_TRIES or not _transient(exc):
+                raise
+            _sleep(min(2.0 ** attempt, 8.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lookup_events(ct: Any, start: datetime, key: str, value: str) -> list[dict[str, Any]]:
+    """Every LookupEvents page for one attribute; each page is retried on its own."""
+    events: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"StartTime": start,
+                                  "LookupAttributes": [{"AttributeKey": key, "AttributeValue": value}]}
+        if token:
+            kwargs["NextToken"] = token
+        page = retried(ct.lookup_events, **kwargs)
+        events += page.get("Events", [])
+        token = page.get("NextToken")
+        if not token:
+            return events
+
+
 def _cloudtrail(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
     inc = ctx.incident
     start = (inc.window_start_dt or datetime.now(UTC) - timedelta(days=1)) - timedelta(
@@ -303,14 +417,16 @@ def _cloudtrail(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> No
     ct = ctx.aws.client("cloudtrail")
     for key, value in lookups:
         try:
-            for e in paginate(ct, "lookup_events", "Events", StartTime=start,
-                              LookupAttributes=[{"AttributeKey": key, "AttributeValue": value}]):
-                events.append({**e, "CloudTrailEvent": json.loads(e["CloudTrailEvent"])
-                               if isinstance(e.get("CloudTrailEvent"), str) else e.get("CloudTrailEvent")})
+            found = _lookup_events(ct, start, key, value)
         # LookupEvents can be unavailable (permissions, region, an emulator such as moto): a gap, not a failure
         except (ClientError, BotoCoreError, NotImplementedError) as exc:
-            bundle.gap("cloudtrail:LookupEvents", f"{type(exc).__name__}: {exc}"[:300])
-            break
+            bundle.gap("cloudtrail:LookupEvents", f"{key}={value}: {type(exc).__name__}: {exc}"[:300])
+            if isinstance(exc, NotImplementedError) or not (isinstance(exc, ClientError | BotoCoreError)
+                                                            and _transient(exc)):
+                break  # every other lookup would meet the same refusal
+            continue  # still throttled after every retry: the next lookups may get through
+        events += [{**e, "CloudTrailEvent": json.loads(e["CloudTrailEvent"])
+                    if isinstance(e.get("CloudTrailEvent"), str) else e.get("CloudTrailEvent")} for e in found]
     bundle.write("cloudtrail/lookup-events.json", {"start": iso(start), "lookups": lookups, "events": events})
     if inc.evidence:
         bundle.write("cloudtrail/incident-events.json", [e.model_dump(mode="json") for e in inc.evidence])

@@ -14,6 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+from botocore.retries import quota, standard
+
 from runner.config import AwsSection
 from runner.errors import DryRunViolation
 
@@ -31,6 +34,78 @@ ROOT_TASK_DELETE_CREDENTIALS = "arn:aws:iam::aws:policy/root-task/IAMDeleteRootU
 def is_read_operation(operation: str) -> bool:
     """True for operations that only read (by the AWS naming convention), or only obtain credentials."""
     return operation.startswith(READ_PREFIXES) or operation in CREDENTIAL_OPERATIONS
+
+
+#: retry tokens (botocore's quota: a throttled retry costs 5, a success gives 1 back) per client.
+#: Writes keep botocore's 500; reads get more, so a throttled discovery slows down but finishes.
+WRITE_RETRY_QUOTA = 500
+READ_RETRY_QUOTA = 5000
+
+
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestThrottled",
+    "SlowDown", "PriorRequestNotComplete", "EC2ThrottledException",
+})
+
+
+def _throttled_or_dropped(kwargs: dict[str, Any]) -> bool:
+    caught = kwargs.get("caught_exception")
+    if caught is not None:  # a reset or a read timeout passes; nothing listening at all does not
+        return not isinstance(caught, EndpointConnectionError | ConnectTimeoutError)
+    response = kwargs.get("response")
+    if not response:
+        return False
+    http, parsed = response
+    code = (parsed or {}).get("Error", {}).get("Code")
+    return code in THROTTLING_CODES or getattr(http, "status_code", 0) == 429
+
+
+class BudgetedRetries:
+    """botocore's standard retry handler, with one attempt budget (and retry quota) for reads and a
+    smaller one for writes. Reads are safe to repeat; a write retried many times against a struggling
+    API is worse than a failed step that `stanch resume` re-plans."""
+
+    def __init__(self, service: str, read_attempts: int, write_attempts: int) -> None:
+        self.read = self._handler(service, read_attempts, READ_RETRY_QUOTA)
+        self.write = self._handler(service, write_attempts, WRITE_RETRY_QUOTA)
+
+    @staticmethod
+    def _handler(service: str, attempts: int, capacity: int) -> tuple[Any, Any]:
+        adapter = standard.RetryEventAdapter()
+        throttling = standard.ThrottlingErrorDetector(adapter)
+        checker = standard.RetryQuotaChecker(quota.RetryQuota(capacity), throttling)
+        handler = standard.RetryHandler(
+            retry_policy=standard.RetryPolicy(
+                retry_checker=standard.StandardRetryConditions(max_attempts=attempts),
+                retry_backoff=standard.ExponentialBackoff(service_name=service, throttling_detector=throttling)),
+            retry_event_adapter=adapter, retry_quota=checker, service_name=service)
+        return handler, checker
+
+    def _for(self, operation: Any) -> tuple[Any, Any]:
+        """(retry handler, retry quota) for a read or for a write."""
+        return self.read if is_read_operation(getattr(operation, "name", "")) else self.write
+
+    def needs_retry(self, **kwargs: Any) -> float | None:
+        """Reads get the large budget against throttling and dropped connections, which pass; other
+        errors (a 500 from an API that is down or unsupported) get the write budget, which fails fast."""
+        handler = self._for(kwargs.get("operation"))[0]
+        if handler is self.read[0] and not _throttled_or_dropped(kwargs):
+            handler = self.write[0]
+        delay: float | None = handler.needs_retry(**kwargs)
+        return delay
+
+    def release_quota(self, **kwargs: Any) -> None:
+        self._for(kwargs.get("model"))[1].release_retry_quota(**kwargs)
+
+    def install(self, client: Any) -> None:
+        """Replace the handler botocore registered for the client's retry mode (adaptive mode keeps
+        its client-side rate limiter, which is registered separately)."""
+        event = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.unregister(f"needs-retry.{event}", unique_id=f"retry-config-{event}")
+        client.meta.events.register(f"needs-retry.{event}", self.needs_retry, unique_id=f"retry-config-{event}")
+        client.meta.events.register(f"after-call.{event}", self.release_quota, unique_id=f"retry-quota-{event}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +182,8 @@ class AwsSession:
                 service, region_name=key[1], endpoint_url=self.endpoint_url, config=self._boto_config
             )
             client.meta.events.register("before-call.*.*", self._before_call)
+            BudgetedRetries(client.meta.service_model.service_id.hyphenize(), self._settings.read_max_attempts,
+                            self._settings.max_attempts).install(client)
             self._clients[key] = client
             return client
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable
 from enum import StrEnum
@@ -11,11 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from botocore.exceptions import BotoCoreError, NoCredentialsError, NoRegionError, ProfileNotFound
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
 from rich.console import Console
 
 from runner import __version__
-from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, StanchError
+from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_REFUSED, StanchError
 from runner.playbook import Step
 from runner.ui import (
     LogStream,
@@ -75,8 +85,31 @@ def err(text: str) -> None:
     typer.echo(text, err=True)
 
 
+#: AWS error codes that mean "these credentials are not usable here": bad input, nothing was changed
+CREDENTIAL_ERRORS = ("InvalidClientTokenId", "UnrecognizedClientException", "SignatureDoesNotMatch",
+                     "ExpiredToken", "ExpiredTokenException", "InvalidAccessKeyId", "AuthFailure",
+                     "IncompleteSignature", "MissingAuthenticationToken", "RequestExpired")
+_RESUME_HINT = ("If a run had started, `stanch status` shows it and `stanch resume RUN_ID` continues it "
+                "without repeating a change.")
+
+
+def aws_error_message(exc: ClientError) -> tuple[str, int]:
+    """A responder's message and the exit code for an AWS error that reached the CLI."""
+    error = exc.response.get("Error", {})
+    code, text = str(error.get("Code", "")), str(error.get("Message", ""))
+    op = exc.operation_name
+    if code in CREDENTIAL_ERRORS:
+        return (f"AWS rejected the credentials ({code} on {op}: {text}); check --profile / AWS_PROFILE and "
+                "the session's expiry. Nothing was changed.", EXIT_BAD_INPUT)
+    if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
+        return (f"AWS denied {op} ({code}: {text}); `stanch playbook permissions NAME` prints the policy the "
+                f"runner needs. {_RESUME_HINT}", EXIT_REFUSED)
+    return (f"AWS error on {op} after retries ({code}: {text}); try again when the API recovers. {_RESUME_HINT}",
+            EXIT_NOT_CONTAINED)
+
+
 def handle_errors(fn: F) -> F:
-    """Bad input and refusals end with their exit code and a message, never a traceback."""
+    """Bad input, refusals and AWS failures end with their exit code and a message, never a traceback."""
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -94,8 +127,23 @@ def handle_errors(fn: F) -> F:
         except NoRegionError:
             err("stanch: no AWS region; pass --region or set AWS_DEFAULT_REGION. Nothing was changed.")
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except ClientError as exc:
+            text, code = aws_error_message(exc)
+            err(f"stanch: {text}")
+            raise typer.Exit(code) from None
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            err(f"stanch: AWS unreachable or not answering ({type(exc).__name__}: {exc}); check the "
+                f"network, --region and --endpoint-url. {_RESUME_HINT}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
         except BotoCoreError as exc:
-            err(f"stanch: AWS unreachable or misconfigured: {exc}")
+            err(f"stanch: AWS call failed ({type(exc).__name__}: {exc}). {_RESUME_HINT}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        except sqlite3.Error as exc:
+            err(f"stanch: the journal in the state directory failed ({exc}); check --state-dir (disk space, "
+                "permissions, another process holding it). " + _RESUME_HINT)
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+        except OSError as exc:
+            err(f"stanch: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + ". " + _RESUME_HINT)
             raise typer.Exit(EXIT_NOT_CONTAINED) from None
         except KeyboardInterrupt:
             err("stanch: interrupted. The journal holds every change made so far: `stanch status` shows the run, "
@@ -587,73 +635,65 @@ app.add_typer(audit_app, name="audit")
 @evidence_app.command("verify")
 @handle_errors
 def evidence_verify(
-    bundle: Annotated[str, typer.Argument(help="A run id, or the bundle directory (the run's evidence.path)",
+    target: Annotated[str, typer.Argument(help="A run id, or a bundle directory (see the run's evidence.path)",
                                           metavar="RUN_ID|BUNDLE_DIR")],
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Check every file of a bundle against its manifest. Exit 0 intact, 1 altered/missing/extra, 2 no bundle."""
-    from actions.evidence import MANIFEST, verify_bundle
-
-    path = _bundle_path(bundle, state_dir)
-    if not (path / MANIFEST).is_file():
-        err(f"stanch: {path} is not an evidence bundle (no {MANIFEST})")
-        raise typer.Exit(EXIT_BAD_INPUT)
-    try:
-        found = verify_bundle(path)
-    except (ValueError, KeyError, TypeError) as exc:
-        err(f"stanch: {path / MANIFEST} is unreadable or altered: {exc}")
-        raise typer.Exit(EXIT_NOT_CONTAINED) from None
-    bad = any(found[kind] for kind in ("altered", "missing", "extra"))
-    if output is Output.json:
-        print_json({"bundle": str(path.resolve()), "intact": not bad,
-                    **{k: list(found[k]) for k in ("altered", "missing", "extra")}})
-    else:
-        for kind in ("altered", "missing", "extra"):
-            for rel in found[kind]:
-                typer.echo(f"{kind.upper():<8} {rel}")
-        if not bad:
-            typer.echo(f"intact: every file in {path.resolve()} matches its manifest")
-    if bad:
-        raise typer.Exit(EXIT_NOT_CONTAINED)
-
-
-def _bundle_path(ref: str, state_dir: str | None) -> Path:
-    """A bundle directory as given, or the evidence path a run recorded."""
-    path = Path(ref)
-    if path.exists() or not ref.startswith("r-"):
-        return path
-    from runner.service import run_status
+    """Check every file of a bundle against its manifest, and the manifest against the digest the journal
+    recorded for its run. Symlinks are never followed. Exit 0 intact, 1 altered/missing/extra, 2 no bundle
+    or a malformed manifest."""
+    from actions.evidence import MalformedManifestError, verify_bundle
+    from runner.service import evidence_target
     from runner.service import state_dir as resolve_state
 
-    doc = run_status(ref, resolve_state(state_dir))
-    evidence = doc.get("evidence") if isinstance(doc, dict) else None
-    if not evidence or not evidence.get("path"):
-        err(f"stanch: run {ref} recorded no evidence bundle")
-        raise typer.Exit(EXIT_BAD_INPUT)
-    return Path(evidence["path"])
+    bundle, run_id, expected = evidence_target(target, resolve_state(state_dir))
+    try:
+        found = verify_bundle(bundle, expected)
+    except MalformedManifestError as exc:
+        err(f"stanch: {bundle}: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    kinds = ("manifest", "altered", "missing", "extra", "symlink")
+    bad = any(found[kind] for kind in kinds)
+    if output is Output.json:
+        print_json({"bundle": str(Path(bundle).resolve()), "run_id": run_id, "intact": not bad,
+                    "manifest_anchored": bool(expected), **{k: list(found[k]) for k in kinds}})
+    else:
+        for kind in kinds:
+            for rel in found[kind]:
+                why = {"manifest": f"  (not the manifest run {run_id} recorded: rewritten)",
+                       "symlink": "  (not followed)"}.get(kind, "")
+                typer.echo(f"{kind.upper():<8} {rel}{why}")
+        if not bad:
+            anchored = (f"; the manifest is the one run {run_id} recorded" if expected else
+                        "; no digest recorded for this bundle's run in this state directory, so the manifest "
+                        "itself is unchecked")
+            typer.echo(f"intact: every file in {bundle} matches its manifest{anchored}")
+    if bad:
+        raise typer.Exit(EXIT_NOT_CONTAINED)
 
 
 @audit_app.command("verify")
 @handle_errors
 def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) -> None:
-    """Check the audit log's hash chain: edited, deleted or reordered lines. Exit 0 intact, 1 not."""
-    from runner.audit import verify_chain
+    """Check the audit log's hash chain (edited, deleted, duplicated or reordered lines) and the heads the
+    journal anchored at the end of each run (a truncated, emptied or appended-to log). Exit 0 intact, 1 not."""
+    from runner.service import audit_problems
     from runner.service import state_dir as resolve_state
 
-    path = resolve_state(state_dir) / "audit.jsonl"
-    if not path.is_file():
+    state = resolve_state(state_dir)
+    path = state / "audit.jsonl"
+    problems, lines = audit_problems(state)
+    if lines is None:
         err(f"stanch: no audit log at {path}")
         raise typer.Exit(EXIT_BAD_INPUT)
-    problems = verify_chain(path)
-    lines = len(path.read_text().splitlines())
     if output is Output.json:
         print_json({"path": str(path.resolve()), "intact": not problems, "lines": lines, "problems": problems})
     else:
         for p in problems:
             typer.echo(p)
         if not problems:
-            typer.echo(f"intact: {lines} lines, hash chain unbroken")
+            typer.echo(f"intact: {lines} lines, hash chain unbroken, every anchored head found")
     if problems:
         raise typer.Exit(EXIT_NOT_CONTAINED)
 

@@ -32,7 +32,9 @@ class RunnerSection(_Section):
 
 class AwsSection(_Section):
     retry_mode: Literal["standard", "adaptive"] = "standard"
-    max_attempts: int = Field(4, ge=1, le=10)
+    max_attempts: int = Field(8, ge=1, le=10)
+    #: reads (Describe/List/Get/Lookup...) retry harder than writes: discovery must survive throttling
+    read_max_attempts: int = Field(16, ge=1, le=20)
     connect_timeout: float = Field(5, gt=0)
     read_timeout: float = Field(20, gt=0)
     #: regions to search; empty: every region enabled for the account (the home region always)

@@ -7,19 +7,33 @@ the same protocol.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.errors import InputError, Problem, RunLockedError, UnknownRunError
+from runner.audit import redact_value
+from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
 
 ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+
+
+def _stored(value: Any) -> str:
+    """JSON for the journal, secrets replaced by their SHA-256 (see runner.audit.redact_value)."""
+    return json.dumps(redact_value(value))
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else str(redact_value(value))
 
 
 def now_iso() -> str:
@@ -73,6 +87,27 @@ class ApprovalRecord:
     change_digests: list[str]
 
 
+@dataclass
+class AnchorRecord:
+    """What the journal remembers of the audit log and the evidence when a run (or an approval,
+    a cancellation) ends: the audit head then, and the digest of the run's evidence manifest."""
+
+    run_id: str
+    at: str
+    audit_seq: int
+    audit_sha256: str
+    manifest_sha256: str | None
+
+
+class RunBusyError(RefusedError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is being executed by another stanch process (run, resume or worker); "
+                         f"wait for it to finish, then `stanch status {run_id}`")
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 class Journal(Protocol):
     def create_run(self, run: RunRecord, lock: bool) -> None: ...
     def get_run(self, run_id: str) -> RunRecord: ...
@@ -88,6 +123,9 @@ class Journal(Protocol):
     def changes(self, run_id: str) -> list[ChangeRecord]: ...
     def add_approval(self, approval: ApprovalRecord) -> None: ...
     def approvals(self, run_id: str) -> list[ApprovalRecord]: ...
+    def hold(self, run_id: str) -> AbstractContextManager[None]: ...
+    def add_anchor(self, anchor: AnchorRecord) -> None: ...
+    def anchors(self, run_id: str | None = None) -> list[AnchorRecord]: ...
 
 
 _SCHEMA = """
@@ -106,7 +144,38 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE TABLE IF NOT EXISTS approvals (
     run_id TEXT NOT NULL, step_id TEXT NOT NULL, by TEXT NOT NULL, reason TEXT NOT NULL,
     at TEXT NOT NULL, plan_digest TEXT NOT NULL, change_digests TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS anchors (
+    run_id TEXT NOT NULL, at TEXT NOT NULL, audit_seq INTEGER NOT NULL, audit_sha256 TEXT NOT NULL,
+    manifest_sha256 TEXT);
 """
+
+
+#: what stanch keeps directly in a state directory; none of it may be a symlink
+STATE_ENTRIES = ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm", "audit.jsonl",
+                 "audit.jsonl.head", "audit.jsonl.head.tmp", "audit.jsonl.lock", "evidence", "locks", "rollback")
+
+
+def secure_state_dir(state: Path) -> None:
+    """Create the state directory owner-only (0700) and its journal 0600; tighten what is found looser,
+    with a warning; refuse (exit 2) a state directory whose files are symlinks, which would make
+    stanch write wherever they point."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    linked = [name for name in STATE_ENTRIES if (state / name).is_symlink()]
+    if linked:
+        raise InputError(str(state), [Problem(name, "is a symlink; stanch never writes through symlinks in its "
+                                                    "state directory (replace it with the file itself)")
+                                      for name in linked])
+    for path in [state, *state.iterdir()]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        wanted = 0o700 if path.is_dir() else 0o600
+        if mode & 0o077:
+            path.chmod(mode & wanted)
+            sys.stderr.write(f"stanch: warning: {path} was open to other users ({oct(mode)}); tightened to "
+                             f"{oct(mode & wanted)}\n")
+    fd = os.open(state / "journal.sqlite3", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.close(fd)  # SQLite gives its -wal and -shm files the database file's mode
 
 
 class SqliteJournal:
@@ -116,7 +185,7 @@ class SqliteJournal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "journal.sqlite3"
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            secure_state_dir(state_dir)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         except (OSError, sqlite3.OperationalError) as exc:
             raise InputError(str(state_dir), [Problem("", f"cannot use this state directory: {exc}; pass "
@@ -137,6 +206,23 @@ class SqliteJournal:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def hold(self, run_id: str) -> Iterator[None]:
+        """Exclusive right to execute `run_id` (an OS file lock, released even by kill -9): two
+        `stanch resume` of one run never send a change twice; the second is refused (exit 4)."""
+        if not _RUN_ID.match(run_id):
+            raise UnknownRunError(run_id)
+        folder = self.path.parent / "locks"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(folder / f"{run_id}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusyError(run_id) from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -163,7 +249,7 @@ class SqliteJournal:
             db.execute(
                 "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.incident_id, run.playbook, run.status, int(run.dry_run), run.created_at,
-                 run.updated_at, json.dumps(run.incident), json.dumps(run.options), None),
+                 run.updated_at, _stored(run.incident), _stored(run.options), None),
             )
 
     @staticmethod
@@ -181,6 +267,9 @@ class SqliteJournal:
             raise UnknownRunError(run_id)
         return self._run(rows[0])
 
+    def has_run(self, run_id: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM runs WHERE run_id=?", run_id))
+
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", limit)]
 
@@ -190,7 +279,7 @@ class SqliteJournal:
                 db.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, now_iso(), run_id))
             else:
                 db.execute("UPDATE runs SET status=?, updated_at=?, result=? WHERE run_id=?",
-                           (status, now_iso(), json.dumps(result), run_id))
+                           (status, now_iso(), _stored(result), run_id))
 
     def release(self, run_id: str) -> None:
         with self._tx() as db:
@@ -204,7 +293,7 @@ class SqliteJournal:
                 "INSERT INTO steps VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, step_id) DO UPDATE SET "
                 "status=excluded.status, plan=COALESCE(excluded.plan, steps.plan), error=excluded.error, "
                 "updated_at=excluded.updated_at",
-                (run_id, step_id, status, json.dumps(plan) if plan is not None else None, error, now_iso()),
+                (run_id, step_id, status, _stored(plan) if plan is not None else None, _text(error), now_iso()),
             )
 
     def steps(self, run_id: str) -> dict[str, StepRecord]:
@@ -226,7 +315,7 @@ class SqliteJournal:
                         error: str | None = None) -> None:
         with self._tx() as db:
             db.execute("UPDATE changes SET status=?, error=?, finished_at=? WHERE run_id=? AND step_id=? AND digest=?",
-                       (status, error, now_iso(), run_id, step_id, digest))
+                       (status, _text(error), now_iso(), run_id, step_id, digest))
 
     def changes(self, run_id: str) -> list[ChangeRecord]:
         return [
@@ -239,7 +328,7 @@ class SqliteJournal:
     def add_approval(self, approval: ApprovalRecord) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO approvals VALUES (?,?,?,?,?,?,?)",
-                       (approval.run_id, approval.step_id, approval.by, approval.reason, approval.at,
+                       (approval.run_id, approval.step_id, approval.by, _text(approval.reason), approval.at,
                         approval.plan_digest, json.dumps(approval.change_digests)))
 
     def approvals(self, run_id: str) -> list[ApprovalRecord]:
@@ -248,3 +337,29 @@ class SqliteJournal:
                            json.loads(r["change_digests"]))
             for r in self._rows("SELECT * FROM approvals WHERE run_id=? ORDER BY at", run_id)
         ]
+
+    def is_held(self, run_id: str) -> bool:
+        """True while some process executes `run_id` (holds its lock)."""
+        path = self.path.parent / "locks" / f"{run_id}.lock"
+        if not _RUN_ID.match(run_id) or not path.is_file() or path.is_symlink():
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # -- tamper anchors --------------------------------------------------------------------
+    def add_anchor(self, anchor: AnchorRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO anchors VALUES (?,?,?,?,?)", (anchor.run_id, anchor.at, anchor.audit_seq,
+                                                                 anchor.audit_sha256, anchor.manifest_sha256))
+
+    def anchors(self, run_id: str | None = None) -> list[AnchorRecord]:
+        rows = (self._rows("SELECT * FROM anchors WHERE run_id=? ORDER BY audit_seq", run_id) if run_id
+                else self._rows("SELECT * FROM anchors ORDER BY audit_seq"))
+        return [AnchorRecord(r["run_id"], r["at"], int(r["audit_seq"]), r["audit_sha256"], r["manifest_sha256"])
+                for r in rows]

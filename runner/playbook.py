@@ -18,6 +18,11 @@ from runner.errors import InputError, Problem, did_you_mean
 from runner.templates import malformed, references
 
 MAX_PLAYBOOK_BYTES = 262_144
+#: YAML bounds: aliases (`*name`), nesting depth, and the node count once every alias is expanded
+#: (an alias bomb is a few hundred bytes that expand to billions of nodes)
+MAX_YAML_ALIASES = 100
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 20_000
 TOP_KEYS = ("version", "name", "description", "kinds", "steps")
 STEP_KEYS = ("id", "action", "with", "needs", "approval", "on_error", "description")
 _STEP_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -81,10 +86,76 @@ def packaged_playbooks() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+class YamlLimitError(yaml.YAMLError):
+    """The document is over one of the YAML bounds."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a cap on aliases and on nesting depth while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YamlLimitError(f"more than {MAX_YAML_ALIASES} aliases")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded (shared nodes counted each time they are used)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once; the constructor keeps it a reference
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
+
+
+def compose_bounded(text: str) -> yaml.Node | None:
+    """Parse YAML into nodes within the bounds (size, aliases, depth, expanded size) or raise."""
+    if len(text) > MAX_PLAYBOOK_BYTES:
+        raise YamlLimitError(f"larger than {MAX_PLAYBOOK_BYTES} bytes")
+    loader = _BoundedLoader(text)
+    try:
+        node: yaml.Node | None = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise YamlLimitError(f"expands to more than {MAX_YAML_NODES} values once its aliases are resolved")
+        return node
+    finally:
+        loader.dispose()
+
+
+def load_yaml_bounded(text: str) -> Any:
+    """yaml.safe_load, refusing in well under a second what is too big, too deep or an alias bomb."""
+    node = compose_bounded(text)
+    if node is None:
+        return None
+    loader = _BoundedLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _step_lines(text: str) -> dict[int, int]:
     """Line number (1-based) of each entry of the top-level `steps` list, when it parses."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_bounded(text)
     except yaml.YAMLError:
         return {}
     if not isinstance(root, yaml.MappingNode):
@@ -114,7 +185,9 @@ def load_playbook(ref: str, registry: Registry) -> Playbook:
 
 def parse_playbook(text: str, source: str, registry: Registry) -> Playbook:
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml_bounded(text)
+    except YamlLimitError as exc:
+        raise InputError(source, [Problem("", f"YAML refused: {exc}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""

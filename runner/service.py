@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actions.registry import Registry, builtin_registry
-from runner.audit import make_logger
+from runner.audit import current_head, make_logger, redact_value
 from runner.aws import AwsSession
 from runner.config import Config, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
-from runner.journal import ApprovalRecord, RunRecord, SqliteJournal, now_iso
+from runner.journal import AnchorRecord, ApprovalRecord, RunRecord, SqliteJournal, now_iso
 from runner.lifecycle import ACTIVE
 from runner.playbook import Playbook, load_playbook, parse_playbook
 
@@ -90,10 +90,24 @@ def start_run(
         journal.create_run(record, lock=not options.dry_run)
         if trail[0]:
             save_trail(state, run_id, trail)
-        return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
-                        prompt, stream, session, resume=False, trail=trail)
+        with journal.hold(run_id):
+            return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
+                            prompt, stream, session, resume=False, trail=trail)
     finally:
         journal.close()
+
+
+def anchor(journal: SqliteJournal, state: Path, run_id: str, result: dict[str, Any] | None = None) -> None:
+    """Record the audit log's head (and the run's evidence manifest digest) in the journal, a second
+    store that `stanch audit verify` and `stanch evidence verify` check the files against."""
+    seq, digest = current_head(state / "audit.jsonl")
+    evidence = (result or {}).get("evidence") or {}
+    manifest = evidence.get("manifest_sha256")
+    if manifest is None:  # an approval or a cancellation: keep the digest the run recorded
+        earlier = [a.manifest_sha256 for a in journal.anchors(run_id) if a.manifest_sha256]
+        manifest = earlier[-1] if earlier else None
+    journal.add_anchor(AnchorRecord(run_id=run_id, at=now_iso(), audit_seq=seq, audit_sha256=digest,
+                                    manifest_sha256=manifest))
 
 
 def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
@@ -106,8 +120,12 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
                     journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
                     options=options, prompt=prompt,
                     evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail)
-    result = engine.execute(resume=resume)
-    return Outcome(result, exit_code(result["status"]))
+    result: dict[str, Any] | None = None
+    try:
+        result = engine.execute(resume=resume)
+    finally:  # also when AWS fails under the engine: what was logged so far is anchored
+        anchor(journal, state, record.run_id, result)
+    return Outcome(redact_value(result), exit_code(result["status"]))
 
 
 def resume_run(
@@ -117,22 +135,29 @@ def resume_run(
     registry = registry or builtin_registry()
     journal = SqliteJournal(state)
     try:
-        record = journal.get_run(run_id)
-        if record.status not in ACTIVE:
-            raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
-        stored = record.options
-        config = (Config.model_validate(stored["config_snapshot"]) if stored.get("config_snapshot")
-                  else load_config(stored.get("config")))
-        playbook = (parse_playbook(stored["playbook_text"], stored["playbook_ref"], registry)
-                    if stored.get("playbook_text") else load_playbook(stored["playbook_ref"], registry))
-        incident = validate_incident(f"run {run_id} incident", record.incident)
-        opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
-                          by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
-        aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
-        return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
-                        stream, session, resume=True, trail=load_trail(state, run_id))
+        journal.get_run(run_id)  # an unknown run is bad input before anything is locked
+        with journal.hold(run_id):  # a second resume of this run is refused, never run alongside
+            return _resume_held(run_id, journal, options, state, prompt, stream, registry, session)
     finally:
         journal.close()
+
+
+def _resume_held(run_id: str, journal: SqliteJournal, options: RunOptions, state: Path, prompt: Prompt | None,
+                 stream: TextIO | None, registry: Registry, session: AwsSession | None) -> Outcome:
+    record = journal.get_run(run_id)  # read again under the lock: another resume may have finished it
+    if record.status not in ACTIVE:
+        raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
+    stored = record.options
+    config = (Config.model_validate(stored["config_snapshot"]) if stored.get("config_snapshot")
+              else load_config(stored.get("config")))
+    playbook = (parse_playbook(stored["playbook_text"], stored["playbook_ref"], registry)
+                if stored.get("playbook_text") else load_playbook(stored["playbook_ref"], registry))
+    incident = validate_incident(f"run {run_id} incident", record.incident)
+    opts = RunOptions(dry_run=record.dry_run, approve=options.approve, approve_all=options.approve_all,
+                      by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
+    aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
+    return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
+                    stream, session, resume=True, trail=load_trail(state, run_id))
 
 
 def _trail_path(state: Path, run_id: str) -> Path:
@@ -198,6 +223,7 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
             journal.add_approval(approval)
             log.info("approval.recorded", step=step_id, by=by, message=reason, plan_digest=approval.plan_digest)
             recorded.append(approval)
+        anchor(journal, state, run_id)
         return recorded
     finally:
         journal.close()
@@ -279,6 +305,7 @@ def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
         make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
                     playbook=record.playbook, dry_run=record.dry_run).info(
             "run.cancelled", by=by, message=reason, outcome="cancelled", status="cancelled")
+        anchor(journal, state, run_id)
         record.status = "cancelled"
         record.result = result
         return record
@@ -325,3 +352,73 @@ def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[s
         return doc
     finally:
         journal.close()
+
+
+def audit_problems(state: Path) -> tuple[list[str], int | None]:
+    """(problems, number of lines) of the state directory's audit log, checked against the heads its
+    journal anchored; (.., None) when there is neither a log nor a journal to check."""
+    from runner.audit import Anchor, verify_chain
+
+    path = state / "audit.jsonl"
+    journal_path = state / "journal.sqlite3"
+    anchors: list[Anchor] = []
+    runs = 0
+    live: set[str] = set()
+    if path.is_symlink():  # tampering, not bad input: reported before the journal would refuse the directory
+        return [f"{path.name}: is a symlink; not followed"], 0
+    if journal_path.is_file():
+        journal = SqliteJournal(state)
+        try:
+            anchors = [Anchor(a.run_id, a.audit_seq, a.audit_sha256) for a in journal.anchors()]
+            records = journal.list_runs(limit=1_000_000)
+            runs = len(records)
+            live = {r.run_id for r in records if journal.is_held(r.run_id)}
+        finally:
+            journal.close()
+    if not path.exists() and not path.is_symlink() and not anchors and not runs:
+        return [], None
+    problems = verify_chain(path, anchors, runs=runs, live_runs=live)
+    lines = len(path.read_text(encoding="utf-8", errors="replace").splitlines()) if path.is_file() else 0
+    return problems, lines
+
+
+def evidence_target(target: str, state: Path) -> tuple[Path, str | None, str | None]:
+    """(bundle directory, its run id, the manifest digest the journal recorded for that run) for
+    `stanch evidence verify RUN_ID|DIR`. Symlinks are refused, never followed."""
+    from actions.evidence import MANIFEST, MalformedManifestError, read_manifest
+
+    path = Path(target)
+    journal = SqliteJournal(state) if (state / "journal.sqlite3").is_file() else None
+    try:
+        if path.is_symlink() or path.exists():
+            bundle, run_id = path, None
+        elif journal is not None:
+            record = journal.get_run(target)
+            run_id = record.run_id
+            bundle = state / "evidence" / record.incident_id / run_id  # where runs write it
+            recorded = ((record.result or {}).get("evidence") or {}).get("path")
+            if recorded and not (bundle.exists() or bundle.is_symlink()):
+                bundle = Path(recorded)
+        else:
+            raise InputError(target, [Problem("", f"no such bundle directory, and no journal in {state} "
+                                                  "to look a run up in")])
+        if bundle.is_symlink():
+            raise InputError(str(bundle), [Problem("", "is a symlink; evidence verify never follows symlinks")])
+        if not (bundle / MANIFEST).is_file() and not (bundle / MANIFEST).is_symlink():
+            raise InputError(str(bundle), [Problem("", f"not an evidence bundle (no {MANIFEST})")])
+        if run_id is None and journal is not None and journal.has_run(bundle.name):
+            run_id = bundle.name  # evidence/<incident>/<run id>: the journal, not the manifest, says whose
+        if run_id is None:
+            try:
+                found = read_manifest(bundle).get("run_id")
+            except MalformedManifestError:
+                found = None  # reported by the verification itself (exit 2)
+            run_id = str(found) if isinstance(found, str) else None
+        expected = None
+        if journal is not None and run_id is not None:
+            recorded_digests = [a.manifest_sha256 for a in journal.anchors(run_id) if a.manifest_sha256]
+            expected = recorded_digests[-1] if recorded_digests else None
+        return bundle, run_id, expected
+    finally:
+        if journal is not None:
+            journal.close()
