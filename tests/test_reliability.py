@@ -23,7 +23,7 @@ from runner.aws import AwsSession
 from runner.cli import app
 from runner.config import AwsSection
 from runner.drill import seed
-from tests.conftest import MotoServer, write_json
+from tests.conftest import MotoServer, publish_trail, write_json
 from tests.faultproxy import FaultProxy
 
 STANCH = [sys.executable, "-m", "runner.cli"]
@@ -124,6 +124,7 @@ def run_cli(incident: Path, *extra: str) -> Any:
 @pytest.fixture
 def seeded_incident(moto_server: MotoServer, tmp_path: Path) -> Path:
     data = seed(boto3.Session(region_name="us-east-1"), NAMES)
+    publish_trail(boto3.Session(region_name="us-east-1"), data)  # the moto_server config reads this bucket
     return write_json(tmp_path / "incident.json", data["incident"])
 
 

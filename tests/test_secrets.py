@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 from typer.testing import CliRunner
 
 from runner.audit import redact_value
 from runner.cli import app
 from runner.drill import _network, seed
-from tests.conftest import write_json
+from tests.conftest import use_attack_trail, write_json
 
 NAMES = {"user": "build-agent", "group": "infra-ops", "cluster": "render", "service": "thumbnailer",
          "image": "xmrig/xmrig:6.20"}
@@ -54,10 +55,12 @@ def plant(session: boto3.Session) -> None:
                                                {"Key": "note", "Value": CANARIES["tag_shaped"]}])
 
 
-def test_canaries_reach_no_file_document_or_report(aws_managed: boto3.Session, tmp_path: Path) -> None:
+def test_canaries_reach_no_file_document_or_report(aws_managed: boto3.Session, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from runner.report import build_report, render_html, render_markdown
 
     data = seed(aws_managed, NAMES)
+    use_attack_trail(aws_managed, data, monkeypatch, tmp_path)
     plant(aws_managed)
     incident = {**data["incident"], "summary": f"Root key used; a note on the host said password: "
                                                f"{CANARIES['summary']}"}

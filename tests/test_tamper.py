@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from runner.audit import AuditLog, line_hash, verify_chain, write_head
 from runner.cli import app
 from runner.drill import root_keys_present, seed
-from tests.conftest import write_json
+from tests.conftest import TRAIL_CONFIG, publish_trail, write_json
 
 NAMES = {"user": "etl-runner", "group": "data-eng", "cluster": "analytics", "service": "nightly-batch",
          "image": "docker.io/minerd/cpuminer:2.5"}
@@ -47,9 +47,10 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
             data = seed(boto3.Session(region_name="us-east-1"), NAMES)
             root_keys_present(True)
+            publish_trail(boto3.Session(region_name="us-east-1"), data)
             incident = write_json(tmp / "incident.json", data["incident"])
             config = tmp / "stanch.toml"
-            config.write_text(CONFIG)
+            config.write_text(CONFIG + "\n" + TRAIL_CONFIG)
             first = invoke("run", str(incident), "--config", str(config), "--state-dir", str(state),
                            "--output", "json")
             assert first.exit_code == 3, first.output  # paused: the miner steps wait for approval
