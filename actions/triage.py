@@ -114,6 +114,8 @@ class TriageParams(Params):
     reversals: list[dict[str, Any]] = []
     #: attributed identities named like protected ones: contained by the gated contain-escalated step
     escalated: dict[str, Any] = {}
+    #: attacker EC2 instances discovery found: stopped by the gated stop-attacker-instances step
+    ec2_instances: list[dict[str, Any]] = []
 
 
 @dataclass
@@ -161,6 +163,7 @@ class TriageAttackerActivity(Action[TriageParams]):
                        | {str(r["event_id"]): str(r["op"]) for r in esc.get("reversals", [])
                           if r.get("event_id") and r.get("op") != "manual"})
         events = sorted(params.events, key=lambda e: str(e.get("eventTime", "")))
+        stopped = {str(i.get("id")) for i in params.ec2_instances}
         verdicts: dict[str, Verdict] = {}
         by_handler: dict[str, list[dict[str, Any]]] = {}
         listed: list[tuple[dict[str, Any], Technique | None, str]] = []
@@ -182,6 +185,9 @@ class TriageAttackerActivity(Action[TriageParams]):
                 verdicts[eid] = Verdict(eid, "manual", "the event does not name the resource", _review(e, resource))
             elif technique.kind in ("identity", "session", "ecs"):
                 verdicts[eid] = _decide_scoped(ctx, e, technique, resource, scope)
+            elif technique.kind == "manual" and _name(e) == "RunInstances" and resource in stopped:
+                verdicts[eid] = Verdict(eid, "contained", f"instance {resource} is stopped by the gated "
+                                                          "stop-attacker-instances step, after its evidence")
             elif technique.kind == "manual":
                 verdicts[eid] = Verdict(eid, "manual", "no safe automatic undo: a person must act",
                                         fill(technique.instruction, e, resource))

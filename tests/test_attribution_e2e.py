@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.drill import ADMIN, TrailWriter, _service, account_snapshot, attack_trail, seed
+from runner.drill import ADMIN, TrailWriter, _service, account_snapshot, attack_trail, base_image, seed
 from tests.awshelp import network
 from tests.conftest import write_json
 
@@ -86,10 +86,16 @@ def build(session: boto3.Session) -> dict[str, Any]:
     # root starts a service with an innocuous image
     _service(session.client("ecs"), network(session), "batch", "worker", "python:3.12", 2)
     trail.add(root, "ecs", "CreateService", {"cluster": "batch", "serviceName": "worker", "desiredCount": 2})
+    # the attacker's user launches an instance with an innocuous look
+    ec2 = session.client("ec2")
+    instance = ec2.run_instances(ImageId=base_image(ec2), MinCount=1, MaxCount=1,
+                                 InstanceType="c5.4xlarge")["Instances"][0]["InstanceId"]
+    trail.add(me, "ec2", "RunInstances", {"instanceType": "c5.4xlarge"},
+              {"instancesSet": {"items": [{"instanceId": instance}]}})
     incident = {**seeded["incident"], "principals": [{"type": "root", "access_key_id": "AKIAEXAMPLEROOTKEY01"}],
                 "resources": [], "indicators": {}}
     return {"seeded": seeded, "trail": trail, "incident": incident, "own_key": own_key, "minted": minted,
-            "evasive_key": evasive_key}
+            "evasive_key": evasive_key, "instance": instance}
 
 
 def run(tmp_path: Path, built: dict[str, Any], *extra: str, trail: bool = True) -> tuple[int, dict[str, Any]]:
@@ -111,6 +117,8 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
         iam = session.client("iam")
         deploy_policies = iam.list_role_policies(RoleName="deploy")["PolicyNames"]
         deploy_trust = iam.get_role(RoleName="deploy")["Role"]["AssumeRolePolicyDocument"]
+        instance_state = session.client("ec2").describe_instances(InstanceIds=[built["instance"]])[
+            "Reservations"][0]["Instances"][0]["State"]["Name"]
         services = {s["serviceName"]: s["desiredCount"] for s in session.client("ecs").describe_services(
             cluster="batch", services=["worker"])["services"]}
         # a false positive after all: rollback puts back exactly what the precise reversals recorded
@@ -142,8 +150,12 @@ def test_with_the_trail_everything_attributed_is_contained_and_nothing_else(tmp_
     # the existing role: the attacker's sessions revoked, not locked out
     assert deploy_policies == ["stanch-revoke-older-sessions"]
     assert deploy_trust == json.loads(TRUST)  # the trust policy before the attacker's, from the trail
-    # root-created work, whatever its image
+    # root-created work, whatever its image; and the instance the attacker's user launched
     assert services == {"worker": 0}
+    assert instance_state == "stopped"
+    launched = next(a for a in doc["attacker_activity"] if a["event"].endswith(":RunInstances"))
+    assert launched["outcome"] == "contained" and built["instance"] in launched["resource"]
+    assert all(a["outcome"] != "manual" for a in doc["attacker_activity"]), doc["manual_actions"]
     # everything created inside the window by others, and the protected principals, untouched
     for name in ("ci-bot-7", "alice", "breakglass-admin"):
         assert users[name] == before["users"][name], name
