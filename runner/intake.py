@@ -126,15 +126,20 @@ def detect_format(doc: Any) -> str:
     return "unknown"
 
 
-def load_any(source: str, config: Config, options: IntakeOptions = IntakeOptions()) -> Incident:
-    """Read `source` (path or -), detect its format, and return the validated native incident."""
+def read_document(source: str) -> tuple[str, Any]:
+    """A JSON document from a path or - (stdin), plain or gzipped, with the label to report it by."""
     label, data = read_source(source)
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
             raise InputError(label, [Problem("", f"not a valid gzip file: {exc}")]) from None
-    doc = parse_json_document(label, data)
+    return label, parse_json_document(label, data)
+
+
+def load_any(source: str, config: Config, options: IntakeOptions = IntakeOptions()) -> Incident:
+    """Read `source` (path or -), detect its format, and return the validated native incident."""
+    label, doc = read_document(source)
     return to_incident(label, doc, config, options)
 
 

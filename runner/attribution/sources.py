@@ -48,19 +48,12 @@ def summarise(exc: BaseException) -> str:
 def read_trail_files(paths: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Records from trail files (plain or gzipped Records[], EventBridge events, single records).
     Bad input is an InputError naming the file; returns (records, source labels)."""
-    from runner.incident import parse_json_document, read_source
-    from runner.intake import detect_format
+    from runner.intake import detect_format, read_document
 
     out: list[dict[str, Any]] = []
     labels: list[str] = []
     for source in paths:
-        label, data = read_source(source)
-        if data[:2] == b"\x1f\x8b":
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as exc:
-                raise InputError(label, [Problem("", f"not a valid gzip file: {exc}")]) from None
-        doc = parse_json_document(label, data)
+        label, doc = read_document(source)
         if detect_format(doc) not in ("cloudtrail-records", "cloudtrail-eventbridge", "cloudtrail-record"):
             raise InputError(label, [Problem("", "not CloudTrail: expected a trail file with Records[], an "
                                                  "'AWS API Call via CloudTrail' event, or one record")])
@@ -73,17 +66,13 @@ def read_trail_files(paths: list[str]) -> tuple[list[dict[str, Any]], list[str]]
 
 def is_cloudtrail_file(source: str) -> bool:
     """True when `source` is a readable CloudTrail document (stdin is never re-read)."""
-    from runner.incident import parse_json_document, read_source
-    from runner.intake import detect_format
+    from runner.intake import detect_format, read_document
 
     if source == "-":
         return False
     try:
-        label, data = read_source(source)
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        doc = parse_json_document(label, data)
-    except (InputError, OSError, EOFError):
+        _, doc = read_document(source)
+    except InputError:
         return False
     return detect_format(doc) in ("cloudtrail-records", "cloudtrail-eventbridge", "cloudtrail-record")
 
