@@ -314,6 +314,13 @@ def attacker_key_denied(session: boto3.Session, key: dict[str, Any], control: di
     return ok, f"attacker key: {attacker}; legitimate admin key: {legit}"
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only from the start, like everything else in the state directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None,
               stream: TextIO | None = None) -> dict[str, Any]:
     """Seed, contain and check. The runs' log goes to `stream` (none by default: the scorecard says it all)."""
@@ -324,10 +331,10 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         root_keys_present(True)
         n = seeded["names"]
         inc_path = state / f"drill-incident-{int(time.time())}.json"
-        inc_path.write_text(json.dumps(seeded["incident"], indent=2))
+        _write_private(inc_path, json.dumps(seeded["incident"], indent=2))
         incident = validate_incident(str(inc_path), seeded["incident"])
         trail_path = state / f"drill-trail-{int(time.time())}.json"
-        trail_path.write_text(json.dumps(attack_trail(seeded).document()))
+        _write_private(trail_path, json.dumps(attack_trail(seeded).document()))
         trail = ([*attack_trail(seeded).records], [f"trail file {trail_path} (the drill's own record of the attack)"])
         before = account_snapshot(session)
         before_extra = persistence_snapshot(session)
