@@ -350,7 +350,7 @@ class Engine:
         return found if isinstance(found, dict) else {}
 
     def _guard(self, steps: list[Step]) -> str | None:
-        """Guardrails over every planned change of this wave; a violation refuses the run.
+        """Guardrails over the planned changes of these steps; a violation refuses the run.
 
         Protected principals are never touched, unless discovery escalated them (created inside the
         window or attributed to the attacker: a likely evasion, contained only through a gated step).
