@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402 - after the path setup above
 
-from runner.drill import seed  # noqa: E402
+from runner.drill import attack_trail, seed  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -48,6 +48,8 @@ NAMES = [
 CONFIG = """[aws]
 read_timeout = 3
 connect_timeout = 2
+# the all-region search has its own tests; two regions keep a soak run about containment under faults
+regions = ["us-east-1", "eu-west-1"]
 """
 
 
@@ -130,12 +132,15 @@ def one_run(i: int, moto_url: str, profile: dict[str, Any], seed_value: int, tal
         incident.write_text(json.dumps(data["incident"]))
         config = Path(tmp) / "stanch.toml"
         config.write_text(CONFIG)
+        trail = Path(tmp) / "trail.json"  # the attack's CloudTrail: attribution has a source, as in an account
+        trail.write_text(json.dumps(attack_trail(data).document()))
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "STANCH_STATE_DIR": str(state),
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
         env.pop("AWS_PROFILE", None)
         t0 = time.perf_counter()
-        proc = stanch(["run", str(incident), "--approve-all", "--config", str(config), "--output", "json"], env)
+        proc = stanch(["run", str(incident), "--approve-all", "--config", str(config), "--output", "json",
+                       "--cloudtrail", str(trail)], env)
         outputs = [proc]
         contained = proc.returncode in (0, 5)
         if not contained:
@@ -183,10 +188,15 @@ def kill_run(i: int, moto_url: str, nth: int, phase: str, tally: Tally) -> int:
         state = Path(tmp) / "state"
         incident = Path(tmp) / "incident.json"
         incident.write_text(json.dumps(data["incident"]))
+        trail = Path(tmp) / "trail.json"
+        trail.write_text(json.dumps(attack_trail(data).document()))
+        config = Path(tmp) / "stanch.toml"
+        config.write_text(CONFIG)
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "STANCH_STATE_DIR": str(state),
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         t0 = time.perf_counter()
-        procs.append(subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(incident), "--approve-all"],
+        procs.append(subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(incident), "--approve-all",
+                                       "--config", str(config), "--cloudtrail", str(trail)],
                                       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       stdin=subprocess.DEVNULL))
         _, err = procs[0].communicate(timeout=900)
