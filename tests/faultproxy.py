@@ -67,6 +67,11 @@ def service_of(headers: Any) -> str:
     return found.group(1) if found else ""
 
 
+#: services that speak rest-json (no X-Amz-Target; a GET has no content type to tell by)
+REST_JSON = frozenset({"scheduler", "lambda", "account", "guardduty", "eks", "batch", "apigateway", "sso",
+                       "securityhub", "elasticfilesystem", "glacier", "sagemaker-geospatial"})
+
+
 def throttling_response(headers: Any) -> tuple[int, str, bytes]:
     """(status, content type, body) of a throttling error in the protocol the caller speaks."""
     service = service_of(headers)
@@ -74,6 +79,9 @@ def throttling_response(headers: Any) -> tuple[int, str, bytes]:
     if headers.get("X-Amz-Target") or "amz-json" in content_type:
         body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
         return 400, "application/x-amz-json-1.1", body
+    if service in REST_JSON or "json" in content_type:  # rest-json: the error type rides in the body (or header)
+        body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+        return 429, "application/json", body
     if service == "ec2":
         body = (b"<?xml version='1.0' encoding='UTF-8'?><Response><Errors><Error><Code>RequestLimitExceeded</Code>"
                 b"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault</RequestID></Response>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -102,6 +103,10 @@ def fuzz_cli(cases: int, tmp: Path, seed: int = 11) -> Counter[str]:
         return real(self, service_name, *args, **kwargs)
 
     botocore.session.Session.create_client = spy  # type: ignore[method-assign]
+    # valid inputs go on to AWS: fake credentials and a closed port, so they end at "unreachable" (exit 1)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE")}
+    os.environ.update(AWS_ACCESS_KEY_ID="fuzzing", AWS_SECRET_ACCESS_KEY="fuzzing")
+    os.environ.pop("AWS_PROFILE", None)
     rng = random.Random(seed)
     docs = seeds()
     outcome: Counter[str] = Counter()
@@ -123,4 +128,9 @@ def fuzz_cli(cases: int, tmp: Path, seed: int = 11) -> Counter[str]:
                 outcome[f"exit {result.exit_code}"] += 1
     finally:
         botocore.session.Session.create_client = real  # type: ignore[method-assign]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return outcome
