@@ -30,6 +30,13 @@ def tolerant_call(call: Callable[..., Any], params: dict[str, Any], *gone: str) 
     return "applied"
 
 
+def method_for(client: Any, operation: str) -> Callable[..., Any]:
+    """The client method of a change's `service:OperationName` (botocore's own snake-casing)."""
+    from botocore import xform_name
+
+    return getattr(client, xform_name(operation.split(":", 1)[1]))  # type: ignore[no-any-return]
+
+
 def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> Iterator[Any]:
     """Every item under `key` across all pages of `operation`."""
     for page in client.get_paginator(operation).paginate(**kwargs):

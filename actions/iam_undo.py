@@ -16,7 +16,17 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
-from actions.common import AccessKeyRef, GroupRef, Ref, RoleRef, UserRef, is_code, paginate, tolerant_call
+from actions.common import (
+    AccessKeyRef,
+    GroupRef,
+    Ref,
+    RoleRef,
+    UserRef,
+    is_code,
+    method_for,
+    paginate,
+    tolerant_call,
+)
 from actions.registry import register
 
 REVOKE_POLICY = "stanch-revoke-older-sessions"
@@ -141,7 +151,7 @@ class UndoAttackerChanges(Action[ReversalParams]):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         iam = ctx.aws.client("iam")
-        method = getattr(iam, _snake(change.operation.split(":", 1)[1]))
+        method = method_for(iam, change.operation)
         return tolerant_call(method, change.params, "NoSuchEntity")
 
 
@@ -168,9 +178,6 @@ def _revokes_since(doc: Any, window_start: str | None) -> bool:
             return True
     return False
 
-
-def _snake(name: str) -> str:
-    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
 
 
 class IdentitiesParams(Params):
@@ -219,4 +226,4 @@ class ContainIdentities(Action[IdentitiesParams]):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         iam = ctx.aws.client("iam")
-        return tolerant_call(getattr(iam, _snake(change.operation.split(":", 1)[1])), change.params, "NoSuchEntity")
+        return tolerant_call(method_for(iam, change.operation), change.params, "NoSuchEntity")

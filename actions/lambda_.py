@@ -103,14 +103,8 @@ class RemoveAttackerPermissions(UndoAction):
 
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         client = ctx.aws.client("lambda", _region(change.target))
-        if change.operation == "lambda:AddPermission":
-            try:
-                client.add_permission(**change.params)
-            except ClientError as exc:
-                if is_code(exc, "ResourceConflictException"):
-                    return "already_done"
-                raise
-            return "applied"
+        if change.operation == "lambda:AddPermission":  # the statement is back already: nothing to do
+            return tolerant_call(client.add_permission, change.params, "ResourceConflictException")
         return tolerant_call(client.remove_permission, change.params, GONE)
 
     def inverse(self, change: dict[str, Any]) -> Change | None:

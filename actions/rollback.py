@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
-from actions.common import is_code, paginate, tolerant_call
+from actions.common import is_code, method_for, paginate, tolerant_call
 from actions.iam_undo import as_doc
 from actions.registry import register
 from actions.triage import UndoAction
@@ -306,9 +306,5 @@ class RevertChanges(Action[RevertParams]):
             return tolerant_call(orgs.detach_policy, {"PolicyId": ids[0], "TargetId": p["TargetId"]},
                                  "PolicyNotAttachedException")
         iam = ctx.aws.client("iam")
-        method = getattr(iam, _snake(op.split(":", 1)[1]))
+        method = method_for(iam, op)
         return tolerant_call(method, p, "NoSuchEntity")
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
