@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from runner.drill import seed  # noqa: E402
+from runner.drill import attack_trail, seed  # noqa: E402
 from tests.motoserver import start as start_moto  # noqa: E402
 from tests.motoserver import stop as stop_moto  # noqa: E402
 
@@ -118,6 +118,8 @@ class Scenario:
     tasks_per_service: int = 2
     users: list[str] = field(default_factory=list)
     service_names: list[str] = field(default_factory=list)
+    #: the attack's CloudTrail (what an organization trail would hold): stanch attributes from it
+    trail: list[dict[str, Any]] = field(default_factory=list)
 
 
 def seed_scenario(url: str, sc: Scenario) -> dict[str, Any]:
@@ -125,17 +127,27 @@ def seed_scenario(url: str, sc: Scenario) -> dict[str, Any]:
     os.environ["AWS_ENDPOINT_URL"] = url  # drill.seed builds its own clients from the session
     try:
         data = seed(session, {**NAMES})
+        trail = attack_trail(data)
+        root = trail.root()
         iam, ecs = session.client("iam"), session.client("ecs")
+
+        def key_for(user: str) -> None:
+            key = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+            trail.add(root, "iam", "CreateAccessKey", {"userName": user}, {"accessKey": {"accessKeyId": key}})
+
         sc.users = [NAMES["user"]]
         for _ in range(sc.keys_per_user - 1):
-            iam.create_access_key(UserName=NAMES["user"])
+            key_for(NAMES["user"])
         for i in range(sc.extra_users):
             name = f"{NAMES['user']}-{i:03d}"
             iam.create_user(UserName=name)
+            trail.add(root, "iam", "CreateUser", {"userName": name})
             for _ in range(sc.keys_per_user):
-                iam.create_access_key(UserName=name)
+                key_for(name)
             iam.add_user_to_group(GroupName=NAMES["group"], UserName=name)
+            trail.add(root, "iam", "AddUserToGroup", {"groupName": NAMES["group"], "userName": name})
             sc.users.append(name)
+        sc.trail = trail.records
         sc.service_names = [NAMES["service"]]
         if sc.services > 1 or sc.tasks_per_service != 2:
             service = ecs.describe_services(cluster=NAMES["cluster"], services=[NAMES["service"]])["services"][0]
@@ -218,11 +230,15 @@ def have_proxy() -> bool:
 
 
 # ------------------------------------------------------------------ one measurement per tool
-def run_stanch(url: str, incident: dict[str, Any], work: Path) -> Measured:
+def run_stanch(url: str, incident: dict[str, Any], work: Path, trail: list[dict[str, Any]]) -> Measured:
     path = work / "incident.json"
     path.write_text(json.dumps(incident))
+    (work / "trail.json").write_text(json.dumps({"Records": trail}))
+    # like compared with like: Custodian runs in one region, so stanch searches that one region too
+    (work / "stanch.toml").write_text(f'[aws]\nregions = ["{REGION}"]\n')
     cmd = [*stanch_command(), "run", str(path), "--approve-all", "--by", "bench", "--output", "json",
-           "--max-changes", "100000", "--state-dir", str(work / "state")]
+           "--max-changes", "100000", "--state-dir", str(work / "state"), "--cloudtrail", str(work / "trail.json"),
+           "--config", str(work / "stanch.toml")]
     wall, code, out, err, rss = timed(cmd, clean_env(url), work)
     if code not in (0, 5):
         raise RuntimeError(f"stanch exited {code}: {err[-2000:]}")
@@ -268,7 +284,7 @@ def measure(tool: str, sc: Scenario, latency_ms: int, exe: Path | None) -> Measu
             tempfile.TemporaryDirectory(prefix="stanch-bench-") as tmp:
         work = Path(tmp)
         if tool == "stanch":
-            result = run_stanch(endpoint, incident, work)
+            result = run_stanch(endpoint, incident, work, sc.trail)
         else:
             assert exe is not None
             result = run_custodian(exe, endpoint, sc, work)
