@@ -364,6 +364,32 @@ def list_runs(state: Path, *, incident: str | None = None, status: str | None = 
              "reason": ((r.result or {}).get("cancelled") or {}).get("reason")} for r in picked]
 
 
+def get_run(state: Path, run_id: str) -> RunRecord:
+    journal = SqliteJournal(state)
+    try:
+        return journal.get_run(run_id)
+    finally:
+        journal.close()
+
+
+def incident_runs(state: Path, incident_id: str) -> list[RunRecord]:
+    """Every run of one incident, newest first."""
+    journal = SqliteJournal(state)
+    try:
+        return [r for r in journal.list_runs(limit=1_000_000) if r.incident_id == incident_id]
+    finally:
+        journal.close()
+
+
+def run_is_executing(state: Path, run_id: str) -> bool:
+    """True while some process (run, resume, worker) executes the run."""
+    journal = SqliteJournal(state)
+    try:
+        return journal.is_held(run_id)
+    finally:
+        journal.close()
+
+
 def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
     if run_id is None:
         return list_runs(state)
