@@ -28,7 +28,7 @@ from runner.worker import Context, Handled, handle_safely
 STOP_MARGIN_S = 15.0
 
 
-class NotDone(RuntimeError):  # noqa: N818 (what Lambda reports as the error type)
+class NotDone(RuntimeError):
     """A directly invoked event whose message is not done: Lambda retries it, then sends it to the
     function's on-failure destination."""
 

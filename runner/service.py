@@ -87,7 +87,9 @@ def start_run(
                  if playbook_ref else playbook.name, "config": config_path,
                  # what the run started with: a resume finishes this playbook with this config, whatever
                  # has changed on disk or in the package since
-                 "playbook_text": playbook.text, "config_snapshot": config.model_dump(mode="json")},
+                 "playbook_text": playbook.text,
+                 # [notify] is read when notifying (its secret is never kept): not part of the snapshot
+                 "config_snapshot": config.model_dump(mode="json", exclude={"notify"})},
     )
     try:
         journal.create_run(record, lock=not options.dry_run)
