@@ -331,7 +331,7 @@ class Hook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.received.append(({k: v for k, v in self.headers.items()}, body))
+                hook.received.append((dict(self.headers.items()), body))
                 self.send_response(204)
                 self.end_headers()
 
