@@ -168,7 +168,8 @@ def _webhook(settings: NotifySection, msg: dict[str, Any], body: bytes) -> str:
                 break  # the receiver refused it: sending it again will not help
         except (urllib.error.URLError, OSError) as exc:
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        time.sleep(0.5 * (attempt + 1))
+        if attempt < 2:
+            time.sleep(0.5 * (attempt + 1))
     raise ValueError(last)
 
 

@@ -448,3 +448,34 @@ def test_lambda_takes_an_eventbridge_event_and_an_sqs_batch_failing_only_the_bad
     with pytest.raises(NotDone, match="bad input"):
         handler({"detail-type": "GuardDuty Finding", "source": "aws.guardduty", "detail": {"id": "x"}}, None)
     assert HOOK_SECRET not in (state / "audit.jsonl").read_text()
+
+
+# ------------------------------------------------------------------ bad input
+
+def test_worker_and_notify_bad_input_is_exit_2_without_traceback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+    from runner.worker import handle_body
+
+    runner = CliRunner()
+    no_queue = runner.invoke(app, ["worker", "--once"])
+    assert no_queue.exit_code == 2 and "--queue-url" in no_queue.stderr
+    not_a_url = runner.invoke(app, ["worker", "--queue-url", "findings", "--once"])
+    assert not_a_url.exit_code == 2 and "not a queue URL" in not_a_url.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[notify]\nwebhook_url = "ftp://example.com/x"\non = ["contained", "finished"]\n'
+                   '[worker]\nvisibility_timeout = 1\nwebhok = 1\n')
+    result = runner.invoke(app, ["worker", "--queue-url", "https://sqs.us-east-1.amazonaws.com/1/q", "--config",
+                                 str(bad)])
+    assert result.exit_code == 2, result.output
+    for path in ("notify.webhook_url", "notify.on[1]", "worker.visibility_timeout", "worker.webhok"):
+        assert path in result.stderr
+    assert "Traceback" not in result.stderr
+    # messages that are not a finding are refused before anything reads or writes AWS
+    ctx_state = tmp_path / "state"
+    from runner.worker import Context
+
+    for body in ("", "[1, 2]", '{"stanch": "resume", "run_id": "../../etc"}', '{"stanch": "delete-everything"}'):
+        handled = handle_body(body, Context(state=ctx_state))
+        assert (handled.fate, handled.kind) == ("retry", "poison"), body
