@@ -698,6 +698,39 @@ def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) ->
         raise typer.Exit(EXIT_NOT_CONTAINED)
 
 
+journal_app = typer.Typer(no_args_is_help=True, help="The shared (DynamoDB) journal.")
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("init")
+@handle_errors
+def journal_init(
+    table: Annotated[str | None, typer.Option("--table", help="Table name; default: [journal] table or "
+                                              "STANCH_JOURNAL=dynamodb://TABLE")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The table's region; default: [journal] "
+                                               "region, else AWS_REGION")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config file (default $STANCH_CONFIG)")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create the DynamoDB journal table (pk/sk, the status-index GSI, TTL on expires_at); an existing
+    table is checked and kept. Then set `[journal] backend = "dynamodb"` (or STANCH_JOURNAL)."""
+    from runner.config import load_config
+    from runner.dynamo_journal import create_table, table_client
+    from runner.journal import journal_settings
+
+    settings = journal_settings(load_config(config))
+    name = table or settings.table
+    if not name:
+        err("stanch: no table: pass --table NAME, or set [journal] table or STANCH_JOURNAL=dynamodb://TABLE")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    done = create_table(table_client(region or settings.region or None, settings.endpoint_url or None), name)
+    if output is Output.json:
+        print_json(done)
+    else:
+        typer.echo(f"journal table {name} {'created' if done['created'] else 'already exists'}: "
+                   f"GSI {done['index']}, TTL on {done['ttl']}")
+
+
 @playbook_app.command("list")
 @handle_errors
 def playbook_list(output: OutputOpt = Output.text) -> None:

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runner.errors import InputError, Problem, did_you_mean
 from runner.incident import format_loc
@@ -104,6 +104,29 @@ class PricingSection(_Section):
     ec2_gb_hour: float = Field(0.0062, ge=0)
 
 
+class JournalSection(_Section):
+    """Where runs, locks, approvals and the audit log live. `STANCH_JOURNAL` (sqlite, or
+    dynamodb://TABLE[?region=R]) overrides it."""
+
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    #: DynamoDB table (create it with `stanch journal init`)
+    table: str = Field("", pattern=r"^([A-Za-z0-9_.-]{3,255})?$")
+    #: the table's region; empty: the standard chain (AWS_REGION, AWS_DEFAULT_REGION, the profile)
+    region: str = Field("", pattern=r"^([a-z]{2}(-[a-z]+)+-\d)?$")
+    #: an AWS-compatible endpoint for the table only (else AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL)
+    endpoint_url: str = ""
+    #: a worker's hold on a run lasts this long unless its heartbeat renews it (every third of it)
+    lease_seconds: float = Field(60, ge=1, le=3600)
+    #: items of a run expire (DynamoDB TTL) this many days after the run started; 0: never
+    ttl_days: int = Field(400, ge=0)
+
+    @model_validator(mode="after")
+    def _table_named(self) -> JournalSection:
+        if self.backend == "dynamodb" and not self.table:
+            raise ValueError('backend "dynamodb" needs table = "NAME"')
+        return self
+
+
 class Config(_Section):
     runner: RunnerSection = Field(default_factory=RunnerSection)
     aws: AwsSection = Field(default_factory=AwsSection)
@@ -116,6 +139,7 @@ class Config(_Section):
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
     verify: VerifySection = Field(default_factory=VerifySection)
+    journal: JournalSection = Field(default_factory=JournalSection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:

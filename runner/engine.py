@@ -470,7 +470,16 @@ class Engine:
     def _apply_change(self, ctx: ActionContext, step: Step, action: Action[Any], change: Change) -> str | None:
         state = self.states[step.id]
         rid = self.run.run_id
-        self.journal.change_started(rid, step.id, change.digest, change.to_json())
+        if not self.journal.change_started(rid, step.id, change.digest, change.to_json()):
+            # another worker holds this change, or sent it after this one planned: never sent twice
+            held = next((c for c in self.journal.changes(rid) if c.step_id == step.id and c.digest == change.digest),
+                        None)
+            theirs = held.status if held else "unknown"
+            state.change_status[change.digest] = theirs if theirs in ("applied", "already_done") else "skipped"
+            self._event("change.skipped", step, operation=change.operation, target=change.target,
+                        digest=change.digest, outcome="skipped",
+                        message=f"claimed by another worker ({theirs}); not sent again")
+            return None
         self._event("change.started", step, operation=change.operation, target=change.target, digest=change.digest)
         t0 = time.monotonic()
         try:
