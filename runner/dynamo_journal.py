@@ -485,7 +485,7 @@ class DynamoJournal:
         the worker that holds the run now; a failed change may be tried again."""
         fence = self._fence(run_id)
         since = self._held.get(run_id, self._opened_ms)
-        condition = "attribute_not_exists(sk) OR #owner = :me OR #st = :failed OR finished_ms < :since"
+        condition = "attribute_not_exists(sk) OR #st = :failed OR finished_ms < :since"
         if fence:
             condition += " OR #st = :applying"
         put = {
@@ -494,8 +494,8 @@ class DynamoJournal:
                      "step_id": _s(step_id), "digest": _s(digest), "status": _s("applying"),
                      "change": {"B": _pack(change)}, "started_at": _s(now_iso()), "owner": _s(self.owner),
                      **self._ttl(run_id)},
-            "ExpressionAttributeNames": {"#owner": "owner", "#st": "status"},
-            "ExpressionAttributeValues": {":me": _s(self.owner), ":failed": _s("failed"), ":since": _n(since),
+            "ExpressionAttributeNames": {"#st": "status"},
+            "ExpressionAttributeValues": {":failed": _s("failed"), ":since": _n(since),
                                           **({":applying": _s("applying")} if fence else {})},
         }
         try:
