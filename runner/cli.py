@@ -678,17 +678,20 @@ def evidence_verify(
 def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) -> None:
     """Check the audit log's hash chain (edited, deleted, duplicated or reordered lines) and the heads the
     journal anchored at the end of each run (a truncated, emptied or appended-to log). Exit 0 intact, 1 not."""
+    from runner.journal import journal_settings
     from runner.service import audit_problems
     from runner.service import state_dir as resolve_state
 
     state = resolve_state(state_dir)
-    path = state / "audit.jsonl"
+    settings = journal_settings()
+    where = (f"dynamodb://{settings.table}" if settings.backend == "dynamodb"  # one chain per run in the table
+             else str((state / "audit.jsonl").resolve()))
     problems, lines = audit_problems(state)
     if lines is None:
-        err(f"stanch: no audit log at {path}")
+        err(f"stanch: no audit log at {where}")
         raise typer.Exit(EXIT_BAD_INPUT)
     if output is Output.json:
-        print_json({"path": str(path.resolve()), "intact": not problems, "lines": lines, "problems": problems})
+        print_json({"path": where, "intact": not problems, "lines": lines, "problems": problems})
     else:
         for p in problems:
             typer.echo(p)
