@@ -89,6 +89,17 @@ class VerifySection(_Section):
     iam_settle_seconds: float = Field(10, ge=0, le=300)
 
 
+class AccountsSection(_Section):
+    """A runner in a security account: for an incident in another account it assumes
+    `arn:aws:iam::<account>:role/<role_name>` (the run id as session name) and works there."""
+
+    #: the responder role's name (and path) in every member account; empty: runs need credentials
+    #: for the incident's own account, and any other account is refused
+    role_name: str = Field("", pattern=r"^(([\w+=,.@-]+/)*[\w+=,.@-]{1,64})?$")
+    #: the ExternalId the member role's trust policy requires, if any
+    external_id: str = Field("", max_length=1224, pattern=r"^([\w+=,.@:/-]{2,})?$")
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -112,6 +123,7 @@ class Config(_Section):
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     routing: dict[str, str] = Field(default_factory=dict)
     root: RootSection = Field(default_factory=RootSection)
+    accounts: AccountsSection = Field(default_factory=AccountsSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
