@@ -593,7 +593,7 @@ class Engine:
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
             "manual_actions": manual,
             # the role a security-account runner assumed in the incident's account ([accounts] role_name)
-            "assumed_role": self.aws.assumed_role.to_json() if getattr(self.aws, "assumed_role", None) else None,
+            "assumed_role": assumed.to_json() if (assumed := getattr(self.aws, "assumed_role", None)) else None,
         }
         if self._refusal:
             doc["error"] = self._refusal
