@@ -166,6 +166,8 @@ class CaptureEvidence(Action[EvidenceParams]):
         "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "cloudtrail:LookupEvents",
         "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",  # GetObject covers HeadObject
     )
+    #: the write-once copy goes to the runner's own evidence bucket, whichever account the incident is in
+    permission_paths = {"s3:PutObject": "runner", "s3:PutObjectRetention": "runner", "s3:GetObject": "runner"}
     risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
 
     def plan(self, ctx: ActionContext, params: EvidenceParams) -> Plan:

@@ -766,23 +766,56 @@ def playbook_graph(
         typer.echo(text, nl=False)
 
 
+class PolicyFormat(StrEnum):
+    json = "json"
+    cloudformation = "cloudformation"
+
+
+class PolicyAudience(StrEnum):
+    member = "member"
+    security = "security"
+
+
 @playbook_app.command("permissions")
 @handle_errors
-def playbook_permissions(ref: Annotated[str, typer.Argument(help="Playbook name or path")]) -> None:
-    """Print the least-privilege IAM policy the runner needs for a playbook (from the actions' declarations)."""
+def playbook_permissions(
+    refs: Annotated[list[str], typer.Argument(help="Playbook names or paths", metavar="NAME|PATH...")],
+    audience: Annotated[PolicyAudience | None, typer.Option(
+        "--for", help="Split for a security-account deployment: member (the responder role in each member "
+                      "account) or security (the runner's role, and the Organizations role)")] = None,
+    output: Annotated[PolicyFormat, typer.Option(
+        "--output", "-o", "--format", help="json: IAM policy documents (filled from --config); cloudformation: "
+                                           "the templates' AWS::IAM::ManagedPolicy resources")] = PolicyFormat.json,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Include what `stanch rollback` needs")] = False,
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML (role name, evidence bucket, "
+                                               "Organizations role); default $STANCH_CONFIG")] = None,
+) -> None:
+    """Print the least-privilege IAM policy the runner needs for the playbooks (from the actions' declarations).
+    With --for, the policies of a security-account deployment (deploy/*.yaml embed exactly these)."""
+    import yaml
+
     from actions.registry import builtin_registry
+    from runner.config import load_config
+    from runner.permissions import declared, policies, render_cloudformation, render_json
     from runner.playbook import load_playbook
 
     reg = builtin_registry()
-    pb = load_playbook(ref, reg)
-    perms = {"sts:GetCallerIdentity"}
-    for step in pb.steps:
-        cls = reg.get(step.action)
-        if cls is not None:
-            perms.update(cls.permissions)
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Sid": "StanchPlaybook", "Effect": "Allow", "Action": sorted(perms), "Resource": "*"}]}
-    typer.echo(json.dumps(policy, indent=2))
+    books = [load_playbook(ref, reg) for ref in refs]
+    extra = ["rollback.revert"] if rollback else []
+    if audience is None:
+        if output is PolicyFormat.cloudformation:
+            err("stanch: --format cloudformation needs --for member|security")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        perms = set().union(*declared(books, reg, extra).values())
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Sid": "StanchPlaybook", "Effect": "Allow", "Action": sorted(perms), "Resource": "*"}]}
+        typer.echo(json.dumps(policy, indent=2))
+        return
+    pols = policies(audience.value, declared(books, reg, extra))
+    if output is PolicyFormat.cloudformation:
+        typer.echo(yaml.safe_dump(render_cloudformation(pols), sort_keys=False, width=110), nl=False)
+    else:
+        print_json(render_json(pols, load_config(config)))
 
 
 def _version(value: bool) -> None:
