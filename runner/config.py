@@ -175,6 +175,13 @@ def load_config(path: str | None = None) -> Config:
         raise InputError(label, [Problem("", f"not valid TOML: {exc}")]) from None
     if path:  # a user's file overrides the packaged defaults key by key
         raw = _overlay(tomllib.loads(default_config_text()), raw)
+    overlay = os.environ.get("STANCH_CONFIG_OVERLAY")
+    if overlay:  # TOML text over the file (deploy/security-account.yaml sets it from the stack's resources)
+        label += " + $STANCH_CONFIG_OVERLAY"
+        try:
+            raw = _overlay(raw, tomllib.loads(overlay))
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError("$STANCH_CONFIG_OVERLAY", [Problem("", f"not valid TOML: {exc}")]) from None
     try:
         return Config.model_validate({**raw, "source": label})
     except ValidationError as exc:

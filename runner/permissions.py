@@ -43,10 +43,10 @@ CONDITIONS: dict[str, dict[str, dict[str, str]]] = {
     **{f"organizations:{op}": {"StringEquals": {"organizations:PolicyType": "SERVICE_CONTROL_POLICY"}}
        for op in ("CreatePolicy", "AttachPolicy", "DetachPolicy")},
 }
-#: the member role's own ARN (template parameters ResponderRolePath / ResponderRoleName)
-MEMBER_SELF = "arn:${AWS::Partition}:iam::${AWS::AccountId}:role${ResponderRolePath}${ResponderRoleName}"
+#: the member role's own ARN (template parameter ResponderRoleName)
+MEMBER_SELF = "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${ResponderRoleName}"
 #: every member account's responder role, as the security account's runner assumes it
-MEMBER_ROLES = "arn:${AWS::Partition}:iam::*:role${MemberRolePath}${MemberRoleName}"
+MEMBER_ROLES = "arn:${AWS::Partition}:iam::*:role/${MemberRoleName}"
 EVIDENCE_OBJECTS = "arn:${AWS::Partition}:s3:::${EvidenceBucket}/*"
 RUNNER_SELF = "${WorkerRole.Arn}"
 #: the policy a template condition switches on (the Organizations role is optional)
@@ -65,7 +65,7 @@ class Statement:
         res: list[Any] = [({"Fn::Sub": r} if sub and "${" in r else r) for r in self.resources]
         cond = self.condition
         if sub and "${" in str(cond):
-            cond = {op: {k: {"Fn::Sub": v} for k, v in kv.items()} for op, kv in cond.items()}
+            cond = {op: {k: {"Fn::Sub": v} for k, v in kv.items()} for op, kv in cond.items()}  # type: ignore[misc]
         doc: dict[str, Any] = {"Sid": self.sid, "Effect": self.effect, "Action": list(self.actions),
                                "Resource": res[0] if len(res) == 1 else res}
         if cond:
@@ -179,9 +179,7 @@ def render_json(pols: list[Policy], config: Config, account: str = "*") -> dict[
     resource needs a value the config does not set (no evidence bucket, no Organizations role) is left
     out, since nothing would use it. The runner's own role ARN is '*' scoped to this account."""
     role = config.accounts.role_name or "StanchResponder"
-    path, _, name = role.rpartition("/")
-    values = {"AWS::Partition": "aws", "AWS::AccountId": account, "ResponderRolePath": f"/{path}/" if path else "/",
-              "ResponderRoleName": name, "MemberRolePath": f"/{path}/" if path else "/", "MemberRoleName": name,
+    values = {"AWS::Partition": "aws", "AWS::AccountId": account, "ResponderRoleName": role, "MemberRoleName": role,
               "EvidenceBucket": config.evidence.s3_bucket, "OrganizationsRoleArn": config.root.organizations_role_arn,
               "WorkerRole.Arn": f"arn:aws:iam::{account}:role/*"}
     out: dict[str, Any] = {}
