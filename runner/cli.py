@@ -838,7 +838,8 @@ class PolicyAudience(StrEnum):
 @handle_errors
 def playbook_permissions(
     refs: Annotated[list[str], typer.Argument(help="Playbook names or paths", metavar="NAME|PATH...")],
-    audience: Annotated[PolicyAudience | None, typer.Option(
+    # DESIGN.md gives `--for` to both `verify` (a duration) and this (an audience): the same parameter name
+    for_: Annotated[PolicyAudience | None, typer.Option(
         "--for", help="Split for a security-account deployment: member (the responder role in each member "
                       "account) or security (the runner's role, and the Organizations role)")] = None,
     output: Annotated[PolicyFormat, typer.Option(
@@ -860,6 +861,7 @@ def playbook_permissions(
     reg = builtin_registry()
     books = [load_playbook(ref, reg) for ref in refs]
     extra = ["rollback.revert"] if rollback else []
+    audience = for_
     if audience is None:
         if output is PolicyFormat.cloudformation:
             err("stanch: --format cloudformation needs --for member|security")
