@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from runner.aws import AwsSession
 from runner.engine import RunOptions
 from runner.incident import validate_incident
+from runner.journal import SqliteJournal
 from runner.service import AwsOptions, start_run
 
 REGION = "us-east-1"
@@ -345,7 +346,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
             return start_run(incident, playbook_ref=None, config_path=None, options=options,
                              aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail,
-                             stream=stream).result
+                             stream=stream, journal=SqliteJournal(state)).result  # the drill's own account
 
         result = go()
         after = account_snapshot(session)

@@ -223,7 +223,8 @@ class Engine:
             if identity.account != self.incident.account_id:
                 self._refusal = (f"the AWS credentials are for account {identity.account} but the incident is in "
                                  f"account {self.incident.account_id}; use credentials (or --profile) for "
-                                 f"{self.incident.account_id}. Nothing was read or changed.")
+                                 f"{self.incident.account_id}, or set [accounts] role_name to assume a role there. "
+                                 "Nothing was read or changed.")
                 self.log.info("run.refused", outcome="refused", error=self._refusal)
             else:
                 self._conduct(ctx, steps_pool)
@@ -487,7 +488,16 @@ class Engine:
         if self.stop.is_set():  # never started, so never half-done: a resume plans it again
             self.interrupted = True
             return _INTERRUPTED
-        self.journal.change_started(rid, step.id, change.digest, change.to_json())
+        if not self.journal.change_started(rid, step.id, change.digest, change.to_json()):
+            # another worker holds this change, or sent it after this one planned: never sent twice
+            held = next((c for c in self.journal.changes(rid) if c.step_id == step.id and c.digest == change.digest),
+                        None)
+            theirs = held.status if held else "unknown"
+            state.change_status[change.digest] = theirs if theirs in ("applied", "already_done") else "skipped"
+            self._event("change.skipped", step, operation=change.operation, target=change.target,
+                        digest=change.digest, outcome="skipped",
+                        message=f"claimed by another worker ({theirs}); not sent again")
+            return None
         self._event("change.started", step, operation=change.operation, target=change.target, digest=change.digest)
         t0 = time.monotonic()
         try:
@@ -615,6 +625,8 @@ class Engine:
             "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
             "manual_actions": manual,
+            # the role a security-account runner assumed in the incident's account ([accounts] role_name)
+            "assumed_role": assumed.to_json() if (assumed := getattr(self.aws, "assumed_role", None)) else None,
         }
         if self._refusal:
             doc["error"] = self._refusal

@@ -4,7 +4,8 @@
 
 From the N-th AWS write on, each write is sent and answered, then its thread writes MARKER and
 waits forever: the write happened in AWS but the journal never hears back, which is exactly the
-moment a crash hurts most. Reads pass through. Nothing in stanch knows about this module.
+moment a crash hurts most. Reads pass through, and so do writes to DynamoDB (the shared journal's
+table, not containment). Nothing in stanch knows about this module.
 
 STALLPOINT_IGNORE=sqs,sns lets those services' calls pass uncounted (a worker's queue calls);
 STALLPOINT_SLEEP=S holds each write S seconds instead of forever (a SIGTERM then lands mid-apply).
@@ -35,7 +36,7 @@ def install(after_writes: int, marker: Path) -> None:
         result = original(self, operation_name, api_params)
         if self.meta.service_model.service_name in ignored:
             return result
-        if not is_read_operation(operation_name):
+        if not is_read_operation(operation_name) and self.meta.service_model.service_name != "dynamodb":
             with lock:
                 writes += 1
                 stall = writes >= after_writes
