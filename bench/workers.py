@@ -85,6 +85,7 @@ def row(n_incidents: int, n_workers: int) -> dict[str, float | int]:
             if key_status(moto, "decoy-ops") != {"Active"} or depth(moto, dlq):
                 problems.append("the decoy was touched, or a message reached the DLQ")
             if problems:
+                problems += sorted({str(h.get("reason", ""))[:300] for h in handled if h.get("fate") != "delete"})
                 raise SystemExit(f"{n_workers} worker(s): not contained: {'; '.join(problems)}")
             return {"workers": n_workers, "incidents": n_incidents, "wall_s": round(wall, 2),
                     "per_s": round(n_incidents / wall, 3), "messages": len(handled), "load": round(load, 1)}
