@@ -29,8 +29,6 @@ import pytest
 from runner.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.conftest import ROOT, TRAIL_BUCKET, MotoServer
 
-pytestmark = pytest.mark.xdist_group("worker")
-
 ACCOUNT = "123456789012"
 FINDING_TYPE = "UnauthorizedAccess:IAMUser/MaliciousIPCaller"
 HOOK_SECRET = "whsec-test-0123456789abcdef"
