@@ -243,5 +243,6 @@ def _template(group: dict[str, Any]) -> str:
     spec = group.get("LaunchTemplate") or (group.get("MixedInstancesPolicy") or {}).get(
         "LaunchTemplate", {}).get("LaunchTemplateSpecification") or {}
     if spec:
-        return f"{spec.get('LaunchTemplateName') or spec.get('LaunchTemplateId')} (version {spec.get('Version', '$Default')})"
+        name = spec.get("LaunchTemplateName") or spec.get("LaunchTemplateId")
+        return f"{name} (version {spec.get('Version', '$Default')})"
     return str(group.get("LaunchConfigurationName") or "?")

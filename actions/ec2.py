@@ -3,8 +3,9 @@
 EC2 instances in every searched region are in scope when the attacker's credentials launched them
 (a RunInstances record in `scope.attacker_events`, or a spot request or fleet the attacker created;
 see actions/ec2_spot.py), when an Auto Scaling group the attacker created holds them, or when their
-user data or image names a miner (config `discovery.miner_patterns`). Evidence is captured first (description, a hash of the user
-data, never its text, volumes, network interfaces, console output), then the instances are stopped
+user data or image names a miner (config `discovery.miner_patterns`). Evidence is captured first
+(description, a hash of the user data, never its text, volumes, network interfaces, console output),
+then the instances are stopped
 (a gated step; never terminated in containment). Lambda functions, Batch compute environments,
 SageMaker and EKS resources the attacker created are listed, with a manual action, so nothing is silent.
 """

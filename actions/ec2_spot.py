@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -219,10 +220,8 @@ def redact_user_data(doc: Any) -> Any:
         for k, v in doc.items():
             if k == "UserData" and isinstance(v, str):
                 raw = v.encode()
-                try:
+                with contextlib.suppress(binascii.Error, ValueError):
                     raw = base64.b64decode(v, validate=True)
-                except (binascii.Error, ValueError):
-                    pass
                 out[k] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
             else:
                 out[k] = redact_user_data(v)
@@ -298,10 +297,10 @@ class CancelSpotRequests(Action[CancelParams]):
                 return "applied"
             if change.operation == "ec2:CancelSpotFleetRequests":
                 out = ec2.cancel_spot_fleet_requests(**p)
-                failed = [u for u in out.get("UnsuccessfulFleetRequests") or []]
+                failed = list(out.get("UnsuccessfulFleetRequests") or [])
             else:
                 out = ec2.delete_fleets(**p)
-                failed = [u for u in out.get("UnsuccessfulFleetDeletions") or []]
+                failed = list(out.get("UnsuccessfulFleetDeletions") or [])
         except ClientError as exc:
             if is_code(exc, "InvalidSpotInstanceRequestID.NotFound", "InvalidSpotFleetRequestId.NotFound",
                        "InvalidFleetId.NotFound"):

@@ -211,7 +211,7 @@ class Engine:
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=_started(self.run.created_at), fanout_pool=calls_pool, protected=self._is_protected,
                 evidence_dir=self.evidence_dir, trail_records=self.trail[0], trail_sources=self.trail[1],
-                coverage=self.coverage,
+                coverage=self.coverage, log=self.log.info,
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn

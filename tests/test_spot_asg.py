@@ -128,7 +128,7 @@ def test_spot_requests_and_fleets_found_evidenced_cancelled_and_not_recreated(aw
 
 def test_a_spot_request_whose_user_data_names_a_miner_is_in_scope() -> None:
     # moto drops a spot request's UserData from DescribeSpotInstanceRequests: the real shape, stubbed
-    ec2 = boto3.client("ec2", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
+    ec2 = boto3.Session(region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y").client("ec2")
     stub = Stubber(ec2)
     stub.add_response("describe_spot_instance_requests", {"SpotInstanceRequests": [
         {"SpotInstanceRequestId": "sir-miner0001", "State": "open", "Type": "persistent",
