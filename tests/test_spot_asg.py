@@ -18,6 +18,7 @@ from actions.ec2 import CaptureInstanceEvidence, DiscoverInstances
 from actions.ec2_spot import CancelSpotRequests, SpotScan
 from actions.evidence import verify_bundle
 from actions.rollback import RevertChanges
+from actions.triage import TriageAttackerActivity
 from runner.drill import base_image
 from tests.awshelp import ACCOUNT, converge, plan
 from tests.awshelp import context as full_context
@@ -94,6 +95,16 @@ def test_spot_requests_and_fleets_found_evidenced_cancelled_and_not_recreated(aw
     assert w["attacker_instance"] in instances and "spot request" in instances[w["attacker_instance"]]
     assert all(i in instances for s in spot.values() for i in s["instances"])
     assert len(instances) == sum(len(s["instances"]) for s in spot.values())  # the decoys' instances are not
+
+    # the attacker's calls end contained by the gated cancel, except what is still to do by hand
+    triage = plan(TriageAttackerActivity(), ctx, {
+        "events": [*w["events"], _event("RequestSpotFleet", {"RequestSpotFleetResponse": {
+            "spotFleetRequestId": "sfr-gone0000"}}, "ev-gone")],
+        "ec2_instances": found.outputs["ec2_instances"], "spot_requests": found.outputs["spot_requests"]})
+    verdicts = {a["event_id"]: a["outcome"] for a in triage.outputs["activity"]}
+    assert verdicts == {"ev-spot": "contained", "ev-fleet": "contained", "ev-failed": "no_action_needed",
+                        "ev-gone": "manual"}  # a fleet discovery did not find is a person's to check
+    assert any("sfr-gone0000" in m and "--no-terminate-instances" in m for m in triage.manual)
 
     evidence = plan(CaptureInstanceEvidence(), ctx, {"instances": found.outputs["ec2_instances"],
                                                      "spot_requests": found.outputs["spot_requests"]})
@@ -175,6 +186,8 @@ def test_auto_scaling_groups_attacker_scaled_hijacked_only_stop_launching(aws: b
     assert set(groups) == {"render-pool", "web-fleet"}  # named in scope; api-fleet runs no miner
     assert groups["render-pool"]["attacker_created"] and not groups["web-fleet"]["attacker_created"]
     assert "hijacked" in groups["web-fleet"]["reason"]
+    triage = plan(TriageAttackerActivity(), ctx, {"events": w["events"]})
+    assert [(a["event_id"], a["outcome"]) for a in triage.outputs["activity"]] == [("ev-asg", "contained")]
 
     def state() -> dict[str, tuple[int, int, list[str]]]:
         return {g["AutoScalingGroupName"]: (g["MinSize"], g["DesiredCapacity"],
