@@ -177,6 +177,7 @@ class RevertChanges(Action[RevertParams]):
                    "scheduler:GetSchedule", "scheduler:UpdateSchedule", "iam:PassRole", "ec2:DescribeInstances",
                    "ec2:StartInstances", "autoscaling:DescribeAutoScalingGroups",
                    "autoscaling:UpdateAutoScalingGroup", "autoscaling:ResumeProcesses", *UNDO_PERMISSIONS)
+    permission_paths = {p: "org" for p in permissions if p.startswith(("sts:AssumeRole", "organizations:"))}
     risk = "reversible"
     ordered = True
 

@@ -89,6 +89,17 @@ class VerifySection(_Section):
     iam_settle_seconds: float = Field(10, ge=0, le=300)
 
 
+class AccountsSection(_Section):
+    """A runner in a security account: for an incident in another account it assumes
+    `arn:aws:iam::<account>:role/<role_name>` (the run id as session name) and works there."""
+
+    #: the responder role's name (and path) in every member account; empty: runs need credentials
+    #: for the incident's own account, and any other account is refused
+    role_name: str = Field("", pattern=r"^(([\w+=,.@-]+/)*[\w+=,.@-]{1,64})?$")
+    #: the ExternalId the member role's trust policy requires, if any
+    external_id: str = Field("", max_length=1224, pattern=r"^([\w+=,.@:/-]{2,})?$")
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -112,6 +123,7 @@ class Config(_Section):
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     routing: dict[str, str] = Field(default_factory=dict)
     root: RootSection = Field(default_factory=RootSection)
+    accounts: AccountsSection = Field(default_factory=AccountsSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
@@ -163,6 +175,13 @@ def load_config(path: str | None = None) -> Config:
         raise InputError(label, [Problem("", f"not valid TOML: {exc}")]) from None
     if path:  # a user's file overrides the packaged defaults key by key
         raw = _overlay(tomllib.loads(default_config_text()), raw)
+    overlay = os.environ.get("STANCH_CONFIG_OVERLAY")
+    if overlay:  # TOML text over the file (deploy/security-account.yaml sets it from the stack's resources)
+        label += " + $STANCH_CONFIG_OVERLAY"
+        try:
+            raw = _overlay(raw, tomllib.loads(overlay))
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError("$STANCH_CONFIG_OVERLAY", [Problem("", f"not valid TOML: {exc}")]) from None
     try:
         return Config.model_validate({**raw, "source": label})
     except ValidationError as exc:

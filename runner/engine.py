@@ -219,7 +219,8 @@ class Engine:
             if identity.account != self.incident.account_id:
                 self._refusal = (f"the AWS credentials are for account {identity.account} but the incident is in "
                                  f"account {self.incident.account_id}; use credentials (or --profile) for "
-                                 f"{self.incident.account_id}. Nothing was read or changed.")
+                                 f"{self.incident.account_id}, or set [accounts] role_name to assume a role there. "
+                                 "Nothing was read or changed.")
                 self.log.info("run.refused", outcome="refused", error=self._refusal)
             else:
                 self._conduct(ctx, steps_pool)
@@ -644,6 +645,8 @@ class Engine:
             "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
             "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
             "manual_actions": manual,
+            # the role a security-account runner assumed in the incident's account ([accounts] role_name)
+            "assumed_role": assumed.to_json() if (assumed := getattr(self.aws, "assumed_role", None)) else None,
         }
         if self._refusal:
             doc["error"] = self._refusal

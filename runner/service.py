@@ -64,6 +64,16 @@ def _session(aws_opts: AwsOptions, incident: Incident, config: Config, dry_run: 
     )
 
 
+def account_session(session: AwsSession, incident: Incident, config: Config, run_id: str) -> AwsSession:
+    """The session a run works with: the runner's own, or, for an incident in another account with
+    `[accounts] role_name` set, the role assumed there (session name = the run id). Without that
+    config the engine refuses credentials for another account."""
+    role = config.accounts.role_name
+    if not role or session.identity().account == incident.account_id:
+        return session
+    return session.assume_member(incident.account_id, role, run_id=run_id, external_id=config.accounts.external_id)
+
+
 def start_run(
     incident: Incident, *, playbook_ref: str | None, config_path: str | None, options: RunOptions,
     aws_opts: AwsOptions, state: Path, prompt: Prompt | None = None, stream: TextIO | None = sys.stderr,
@@ -74,9 +84,11 @@ def start_run(
     config = load_config(config_path)
     playbook = choose_playbook(incident, playbook_ref, config, registry)
     session = session or _session(aws_opts, incident, config, options.dry_run)
-    session.identity()  # credentials, profile and endpoint fail here, before a run is recorded or locked
-    journal = SqliteJournal(state)
     run_id = new_run_id()
+    # credentials, profile, endpoint and the member role fail here, before a run is recorded or locked
+    session = account_session(session, incident, config, run_id)
+    session.identity()
+    journal = SqliteJournal(state)
     record = RunRecord(
         run_id=run_id, incident_id=incident.id, playbook=playbook.name, status="pending",
         dry_run=options.dry_run, created_at=now_iso(), updated_at=now_iso(), incident=incident.to_json(),
@@ -116,8 +128,10 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
              trail: tuple[list[dict[str, Any]], list[str]] = ([], [])) -> Outcome:
     log = make_logger(state / "audit.jsonl", stream, run_id=record.run_id, incident_id=incident.id,
                       playbook=playbook.name, dry_run=options.dry_run)
+    aws = account_session(session or _session(aws_opts, incident, config, options.dry_run), incident, config,
+                          record.run_id)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                    journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
+                    journal=journal, aws=aws, log=log,
                     options=options, prompt=prompt,
                     evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail)
     result: dict[str, Any] | None = None
