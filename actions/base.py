@@ -112,6 +112,14 @@ class ActionContext:
     trail_sources: list[str] = field(default_factory=list)
     #: what the run searched (regions, services, gaps); see runner/regions.py
     coverage: Coverage = field(default_factory=Coverage)
+    #: the run's structured log (event name, fields); None: progress events go nowhere
+    log: Callable[..., Any] | None = None
+
+    def progress(self, region: str, service: str, state: str, **fields: Any) -> None:
+        """One discovery progress event (`discovery.search`): a region x service is pending, running,
+        done (with what it found) or a gap. The terminal shows them live; the audit log keeps them."""
+        if self.log is not None:
+            self.log("discovery.search", region=region, service=service, state=state, **fields)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order."""

@@ -129,11 +129,20 @@ class DiscoverScope(Action[NoParams]):
             return graph
 
         # -- the IAM listing and the attribution graph, read concurrently
+        ctx.progress("global", "cloudtrail", "running")
+        ctx.progress("global", "iam", "running")
         trail = ctx.fanout_pool.submit(read_trail)
-        all_users, all_groups, all_roles = ctx.fanout(
-            lambda op: list(paginate(iam, op[0], op[1])),
-            [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        try:
+            all_users, all_groups, all_roles = ctx.fanout(
+                lambda op: list(paginate(iam, op[0], op[1])),
+                [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        except ClientError as exc:
+            ctx.progress("global", "iam", "gap", error=str(exc.response.get("Error", {}).get("Code", "")))
+            raise
+        ctx.progress("global", "iam", "done", found=len(all_users) + len(all_groups) + len(all_roles))
         graph = trail.result()
+        ctx.progress("global", "cloudtrail", "done" if graph.available else "gap", found=len(graph.events),
+                     **({} if graph.available else {"error": "no CloudTrail source"}))
         by_kind = {"user": {u["UserName"]: u for u in all_users}, "group": {g["GroupName"]: g for g in all_groups},
                    "role": {r["RoleName"]: r for r in all_roles
                             if not r.get("Path", "/").startswith("/aws-service-role/")}}

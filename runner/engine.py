@@ -140,6 +140,8 @@ class Engine:
         #: held for lifecycle transitions, guardrail checks and prompts, which steps reach from threads
         self._lock = threading.RLock()
         self._forced_gates: set[str] = set()
+        #: gated steps planned ahead of the approval of the steps they need (see _plan_ahead)
+        self._ahead: set[str] = set()
         #: steps over the per-step cap: they wait for their own approval, like `approval: explicit`
         self._capped: dict[str, str] = {}
         self._refusal: str | None = None
@@ -209,7 +211,7 @@ class Engine:
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=_started(self.run.created_at), fanout_pool=calls_pool, protected=self._is_protected,
                 evidence_dir=self.evidence_dir, trail_records=self.trail[0], trail_sources=self.trail[1],
-                coverage=self.coverage,
+                coverage=self.coverage, log=self.log.info,
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn
@@ -262,6 +264,8 @@ class Engine:
                             self.lifecycle.fire("plan")
                     inflight[pool.submit(self._run_step, ctx, step)] = step.id
             if not inflight:
+                if not self._stop_scheduling and not self.options.dry_run:
+                    self._plan_ahead(ctx)
                 return
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
             for future in done:
@@ -416,14 +420,7 @@ class Engine:
             return True
         if recorded:
             self._event("approval.stale", step, message="the plan changed since it was approved; approve again")
-        pre = None
-        explicit = step.approval == "explicit" or step.id in self._capped  # only this step's own approval counts
-        if step.id in self.options.approve:
-            pre = f"pre-approved with --approve {step.id}"
-        elif self.options.approve_all and not explicit:
-            pre = "pre-approved with --approve-all"
-        elif step.id in self.config.approval.pre_approved_steps and not explicit:
-            pre = f"pre-approved by config ({self.config.source})"
+        pre = self._pre_approval(step)
         if pre is not None:
             self.record_approval(step, state.plan, self.options.by if "config" not in pre else "config",
                                  self.options.reason or pre)
@@ -438,6 +435,62 @@ class Engine:
         self._event("step.awaiting_approval", step, changes=len(state.plan.changes),
                     message=f"approve with: stanch approve {self.run.run_id} --step {step.id}")
         return False
+
+    def _pre_approval(self, step: Step) -> str | None:
+        """Why this step's gate opens without a question (--approve, --approve-all, config), or None."""
+        explicit = step.approval == "explicit" or step.id in self._capped  # only this step's own approval counts
+        if step.id in self.options.approve:
+            return f"pre-approved with --approve {step.id}"
+        if self.options.approve_all and not explicit:
+            return "pre-approved with --approve-all"
+        if step.id in self.config.approval.pre_approved_steps and not explicit:
+            return f"pre-approved by config ({self.config.source})"
+        return None
+
+    def _plan_ahead(self, ctx: ActionContext) -> None:
+        """Nothing can move: every remaining step waits for an approval. A gated step whose needs are
+        all done or themselves awaiting approval is planned now, against live state, so every pending
+        gate shows at once and one `stanch approve --all-pending` covers the chain. Its approval binds
+        to this plan: after its needs apply it is planned again and applies without another question
+        only if the plan is covered by what was approved; a plan that changed pauses again."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for step in self.playbook.steps:
+                state = self.states[step.id]
+                needs = [self.states[n].status for n in step.needs]
+                if state.status != "pending" or step.id in self._ahead or "awaiting_approval" not in needs \
+                        or any(n not in (*DONE, "awaiting_approval") for n in needs) \
+                        or not self._needs_approval(step) or self._pre_approval(step) is not None:
+                    continue
+                self._ahead.add(step.id)
+                try:
+                    params = self.actions[step.id].params_model.model_validate(
+                        render(step.with_, self._template_scope()))
+                    plan = self.actions[step.id].plan(ctx, params)
+                except STEP_ERRORS as exc:  # planned properly (and reported) once its needs are done
+                    self._event("step.plan_ahead_failed", step, error=_describe(exc))
+                    continue
+                if not plan.changes:
+                    continue  # nothing to approve yet; it plans again after its needs
+                waiting = [n for n in step.needs if self.states[n].status == "awaiting_approval"]
+                plan.notes.append(f"planned ahead of {', '.join(waiting)} (awaiting approval): approve it with them; "
+                                  "after they apply it is planned again and applies without another question "
+                                  "if its changes are the ones approved")
+                state.params, state.plan = params, plan
+                state.change_status = {c.digest: "planned" for c in plan.changes}
+                with self._lock:
+                    refusal = self._guard([step])  # the cap and protected principals: as for any plan
+                if refusal:
+                    self._refusal = refusal
+                    self._stop_scheduling = True
+                    return
+                state.status = "awaiting_approval"
+                self._save(step, state)
+                self._event("step.awaiting_approval", step, changes=len(plan.changes), planned_ahead=True,
+                            needs=waiting, message=f"approve with: stanch approve {self.run.run_id} --step {step.id}"
+                                                   " (or --all-pending)")
+                progressed = True
 
     def record_approval(self, step: Step, plan: Plan, by: str, reason: str) -> None:
         self.journal.add_approval(ApprovalRecord(
