@@ -28,6 +28,7 @@ from actions.registry import Registry
 from runner.aws import AwsSession
 from runner.awserrors import clean_message, describe_client_error
 from runner.config import Config
+from runner.document import ChangeDoc, CoverageDoc, Evidence, ManualAction, Metrics, RunDocument, StepDoc
 from runner.errors import StanchError
 from runner.incident import Incident, format_loc
 from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso
@@ -564,52 +565,48 @@ class Engine:
 
     # ------------------------------------------------------------------ output
     def result(self) -> dict[str, Any]:
+        """The run document (DESIGN.md), as JSON-ready values."""
+        return self.document().dump()
+
+    def document(self) -> RunDocument:
+        """The run document as its typed model (runner/document.py)."""
         steps = []
         manual = []
         for step in self.playbook.steps:
             state = self.states[step.id]
             plan = state.plan or Plan()
-            changes = [c.to_json() | {"status": state.change_status.get(c.digest, ChangeStatus.PLANNED)}
+            changes = [ChangeDoc(**c.to_json(), status=state.change_status.get(c.digest, ChangeStatus.PLANNED))
                        for c in [*state.earlier, *plan.changes]]
-            entry: dict[str, Any] = {
-                "id": step.id, "action": step.action, "status": state.status, "changes": changes,
-                "error": state.error,
-            }
-            if self._needs_approval(step):
-                entry["approval"] = "explicit" if step.approval == "explicit" else "required"
-            if state.verify_failures:
-                entry["verification"] = state.verify_failures
-            if plan.notes:
-                entry["notes"] = plan.notes
-            steps.append(entry)
+            steps.append(StepDoc(
+                id=step.id, action=step.action, status=state.status, changes=changes, error=state.error,
+                approval=("explicit" if step.approval == "explicit" else "required") if self._needs_approval(step)
+                else None,
+                verification=state.verify_failures or None, notes=plan.notes or None,
+            ))
             first = self.actions[step.id].manual_first
-            manual += [{"step": step.id, "instructions": text, **({"first": True} if first else {})}
+            manual += [ManualAction(step=step.id, instructions=text, first=True if first else None)
                        for text in plan.manual]
-        manual.sort(key=lambda m: not m.get("first"))  # stable: urgent ones first, the rest in step order
-        doc: dict[str, Any] = {
-            "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
-            "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
-            "manual_actions": manual,
-        }
-        if self._refusal:
-            doc["error"] = self._refusal
-        elif self.coverage.blocking_gaps() and self.lifecycle.status == RunStatus.PARTIALLY_CONTAINED:
-            doc["error"] = "not everything could be searched, so containment is not confirmed: " + "; ".join(
+        manual.sort(key=lambda m: not m.first)  # stable: urgent ones first, the rest in step order
+        error = self._refusal
+        if error is None and self.coverage.blocking_gaps() and \
+                self.lifecycle.status == RunStatus.PARTIALLY_CONTAINED:
+            error = "not everything could be searched, so containment is not confirmed: " + "; ".join(
                 f"{g.service} in {g.region} ({g.error})" for g in self.coverage.blocking_gaps())
-        scope = self._template_scope().get("scope")
-        if scope is not None:
-            doc["scope"] = scope
-        activity = self._template_scope().get("attacker_activity")
-        if activity is not None:
-            doc["attacker_activity"] = activity.get("activity", [])
+        published = self._template_scope()
+        activity = published.get("attacker_activity")
+        evidence = None
         for step in self.playbook.steps:
             captured = self.states[step.id].plan
             if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):
-                doc["evidence"] = {"path": captured.outputs["path"],
-                                   "manifest_sha256": captured.outputs["manifest_sha256"]}
-        doc["coverage"] = self.coverage.to_json()
-        doc["metrics"] = self.metrics()
-        return doc
+                evidence = Evidence(path=captured.outputs["path"], manifest_sha256=captured.outputs["manifest_sha256"])
+        return RunDocument(
+            run_id=self.run.run_id, incident_id=self.incident.id, playbook=self.playbook.name,
+            status=self.lifecycle.status, dry_run=self.options.dry_run, steps=steps, manual_actions=manual,
+            error=error, scope=published.get("scope"),
+            attacker_activity=activity.get("activity", []) if activity is not None else None,
+            evidence=evidence, coverage=CoverageDoc.model_validate(self.coverage.to_json()),
+            metrics=Metrics.model_validate(self.metrics()),
+        )
 
     def _elapsed(self) -> float:
         """Seconds since the run started (its first process), paused time included."""

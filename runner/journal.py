@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 from runner.audit import redact_value
 from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
+from runner.status import RunStatus
 
-ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+ACTIVE_STATUSES = tuple(str(s) for s in RunStatus.ACTIVE)
 
 
 def _stored(value: Any) -> str:
