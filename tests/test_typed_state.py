@@ -31,7 +31,8 @@ from runner.lifecycle import (
     lifecycle_mermaid,
     step_lifecycle_mermaid,
 )
-from runner.service import AwsOptions, Outcome as RunOutcome, start_run
+from runner.service import AwsOptions, start_run
+from runner.service import Outcome as RunOutcome
 from runner.status import ChangeStatus, RunStatus, StepStatus, exit_code
 from tests import fakes
 
