@@ -251,7 +251,7 @@ class Engine:
         stops only its dependants; a guardrail refusal stops scheduling anything new."""
         inflight: dict[Future[None], str] = {}
         with self._lock:
-            self.lifecycle.fire("start")
+            self.lifecycle.fire("plan")
         while True:
             if not self._stop_scheduling:
                 for step in self._ready():

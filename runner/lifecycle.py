@@ -24,7 +24,7 @@ STATES = [str(s) for s in RunStatus]
 #: finished runs that are not containment (exit 1)
 NOT_CONTAINED = [str(s) for s in RunStatus.NOT_CONTAINED]
 
-RunEvent = Literal["start", "apply", "pause", "verify", "finish_dry_run", "contain", "need_manual",
+RunEvent = Literal["plan", "apply", "pause", "verify", "finish_dry_run", "contain", "need_manual",
                    "contain_partially", "fail", "refuse", "cancel"]
 
 
@@ -36,10 +36,10 @@ def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 S = RunStatus
-#: `start` (re)enters planning from any unfinished status: a new run, an approved one, or one whose
+#: `plan` (re)enters planning from any unfinished status: a new run, an approved one, or one whose
 #: process died mid-way (it resumes by replay). `apply` while applying is internal: more steps apply.
 TRANSITIONS: list[dict[str, Any]] = _table([
-    {"trigger": "start", "source": ACTIVE, "dest": S.PLANNING},
+    {"trigger": "plan", "source": ACTIVE, "dest": S.PLANNING},
     {"trigger": "apply", "source": S.PLANNING, "dest": S.APPLYING},
     {"trigger": "apply", "source": S.APPLYING, "dest": None},
     {"trigger": "pause", "source": [S.PLANNING, S.APPLYING], "dest": S.AWAITING_APPROVAL},

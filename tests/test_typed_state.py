@@ -130,7 +130,7 @@ def test_illegal_moves_raise_and_forty_steps_share_one_cheap_machine() -> None:
         assert flow.status == before
     seen: list[RunStatus] = []
     run_ = RunLifecycle("pending", seen.append)
-    for event in ("start", "apply", "apply", "verify", "contain"):
+    for event in ("plan", "apply", "apply", "verify", "contain"):
         run_.fire(event)  # type: ignore[arg-type]
     assert seen == ["planning", "applying", "verifying", "contained"]  # a second apply is internal
     with pytest.raises(MachineError):
