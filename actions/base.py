@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from runner.regions import Coverage
 
+PermissionPath = Literal["runner", "org", "root-task"]
+
 if TYPE_CHECKING:
     from runner.aws import AwsSession
     from runner.config import Config, RiskTier
@@ -126,6 +128,11 @@ class Action(ABC, Generic[P]):
     summary: ClassVar[str]
     params_model: ClassVar[type[Params]] = NoParams
     permissions: ClassVar[tuple[str, ...]] = ()
+    #: where a declared permission is used when not by the incident account's identity (the member
+    #: role): "runner" (the runner's own account, e.g. the evidence bucket), "org" (the Organizations
+    #: role of `[root]`, assumed from the runner's own account) or "root-task" (granted by sts:AssumeRoot's
+    #: task policy, so in no role's policy). `stanch playbook permissions --for` splits policies by it.
+    permission_paths: ClassVar[dict[str, PermissionPath]] = {}
     risk: ClassVar[RiskTier]
     #: name under which the plan's outputs are visible to templates besides steps.<id>
     publishes: ClassVar[str | None] = None

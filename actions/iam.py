@@ -465,6 +465,7 @@ class ContainRootCredentials(Action[RootParams]):
     permissions = ("iam:GetAccountSummary", "sts:AssumeRole", "organizations:DescribeOrganization",
                    "organizations:DescribeAccount", "organizations:ListPolicies",
                    "organizations:ListPoliciesForTarget", "organizations:CreatePolicy", "organizations:AttachPolicy")
+    permission_paths = {p: "org" for p in permissions if p != "iam:GetAccountSummary"}
     risk = "reversible"
     ordered = True
 
@@ -542,6 +543,8 @@ class DeleteRootAccessKeys(Action[RootParams]):
                    "organizations:DescribeOrganization", "iam:ListAccessKeys", "iam:DeleteAccessKey",
                    "iam:ListSigningCertificates", "iam:DeleteSigningCertificate", "iam:GetLoginProfile",
                    "iam:DeleteLoginProfile", "iam:ListMFADevices", "iam:DeactivateMFADevice")
+    permission_paths = {p: "org" if p.startswith(("sts:", "organizations:")) or p == "iam:ListOrganizationsFeatures"
+                        else "root-task" for p in permissions}
     risk = "irreversible"
     manual_first = True
 

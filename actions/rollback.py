@@ -166,6 +166,7 @@ class RevertChanges(Action[RevertParams]):
                    "scheduler:GetSchedule", "scheduler:UpdateSchedule", "iam:PassRole", "ec2:DescribeInstances",
                    "ec2:StartInstances", "autoscaling:DescribeAutoScalingGroups",
                    "autoscaling:UpdateAutoScalingGroup", *UNDO_PERMISSIONS)
+    permission_paths = {p: "org" for p in permissions if p.startswith(("sts:AssumeRole", "organizations:"))}
     risk = "reversible"
     ordered = True
 

@@ -148,6 +148,8 @@ class RunDocument(_Doc):
     dry_run: bool = False
     steps: list[StepDoc] = []
     manual_actions: list[ManualAction] = []
+    #: the role a security-account runner assumed in the incident's account ([accounts] role_name)
+    assumed_role: dict[str, Any] | None = None
     error: str | None = Field(default=None, exclude_if=_unset)
     scope: Scope | None = Field(default=None, exclude_if=_unset)
     attacker_activity: list[dict[str, Any]] | None = Field(default=None, exclude_if=_unset)

@@ -22,6 +22,7 @@ from runner.aws import AwsSession
 from runner.document import RunDocument
 from runner.engine import RunOptions
 from runner.incident import validate_incident
+from runner.journal import SqliteJournal
 from runner.service import AwsOptions, start_run
 from runner.status import ChangeStatus, RunStatus
 
@@ -347,7 +348,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
             return start_run(incident, playbook_ref=None, config_path=None, options=options,
                              aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail,
-                             stream=stream).result
+                             stream=stream, journal=SqliteJournal(state)).result  # the drill's own account
 
         result = go()
         doc = RunDocument.model_validate(result)

@@ -215,7 +215,8 @@ class Engine:
             if identity.account != self.incident.account_id:
                 self._refusal = (f"the AWS credentials are for account {identity.account} but the incident is in "
                                  f"account {self.incident.account_id}; use credentials (or --profile) for "
-                                 f"{self.incident.account_id}. Nothing was read or changed.")
+                                 f"{self.incident.account_id}, or set [accounts] role_name to assume a role there. "
+                                 "Nothing was read or changed.")
                 self.log.info("run.refused", outcome="refused", error=self._refusal)
             else:
                 self._conduct(ctx, steps_pool)
@@ -468,7 +469,17 @@ class Engine:
     def _apply_change(self, ctx: ActionContext, step: Step, action: Action[Any], change: Change) -> str | None:
         state = self.states[step.id]
         rid = self.run.run_id
-        self.journal.change_started(rid, step.id, change.digest, change.to_json())
+        if not self.journal.change_started(rid, step.id, change.digest, change.to_json()):
+            # another worker holds this change, or sent it after this one planned: never sent twice
+            held = next((c for c in self.journal.changes(rid) if c.step_id == step.id and c.digest == change.digest),
+                        None)
+            theirs = held.status if held else "unknown"
+            state.change_status[change.digest] = ChangeStatus(theirs) if theirs in ChangeStatus.DONE \
+                else ChangeStatus.SKIPPED
+            self._event("change.skipped", step, operation=change.operation, target=change.target,
+                        digest=change.digest, outcome=ChangeStatus.SKIPPED,
+                        message=f"claimed by another worker ({theirs}); not sent again")
+            return None
         self._event("change.started", step, operation=change.operation, target=change.target, digest=change.digest)
         t0 = time.monotonic()
         try:
@@ -602,6 +613,7 @@ class Engine:
         return RunDocument(
             run_id=self.run.run_id, incident_id=self.incident.id, playbook=self.playbook.name,
             status=self.lifecycle.status, dry_run=self.options.dry_run, steps=steps, manual_actions=manual,
+            assumed_role=assumed.to_json() if (assumed := getattr(self.aws, "assumed_role", None)) else None,
             error=error, scope=published.get("scope"),
             attacker_activity=activity.get("activity", []) if activity is not None else None,
             evidence=evidence, coverage=CoverageDoc.model_validate(self.coverage.to_json()),

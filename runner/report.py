@@ -21,7 +21,7 @@ from actions.registry import builtin_registry
 from runner.awserrors import clean_message, summarize_error
 from runner.config import load_config
 from runner.errors import InputError, Problem
-from runner.journal import ApprovalRecord, ChangeRecord, RunRecord, SqliteJournal
+from runner.journal import ApprovalRecord, ChangeRecord, RunRecord, open_journal
 from runner.labels import operation_label
 from runner.report_facts import (
     attacker_origins,
@@ -77,7 +77,7 @@ class RunHistory:
 
 def load_history(ref: str, state: Path) -> tuple[str, list[RunHistory]]:
     """The incident id and every run of it, oldest first. `ref` is an incident id or a run id."""
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         runs = journal.list_runs(limit=100_000)
         incident_id = next((r.incident_id for r in runs if r.run_id == ref), ref)

@@ -120,6 +120,8 @@ class ChangeStatus(StrEnum):
     APPLIED = "applied"
     ALREADY_DONE = "already_done"
     FAILED = "failed"
+    #: another worker claimed the change (DynamoDB journal); this process never sent it
+    SKIPPED = "skipped"
 
     #: the change holds in AWS (this run made it, or found it made)
     DONE: ClassVar[tuple[ChangeStatus, ...]]

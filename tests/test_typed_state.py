@@ -99,7 +99,7 @@ def test_status_enums_are_the_design_lists_and_exit_codes_follow_the_table() -> 
     # the engine's step statuses add the ones a step passes through, and `refused` (a guardrail)
     assert set(StepStatus) - _design_statuses("step") == {"pending", "applying", "refused"}
     assert _design_statuses("step") <= set(StepStatus)
-    assert set(ChangeStatus) - _design_statuses("change") == {"applying"}
+    assert set(ChangeStatus) - _design_statuses("change") == {"applying", "skipped"}
     codes = {s: exit_code(s) for s in RunStatus.TERMINAL} | {"awaiting_approval": exit_code("awaiting_approval")}
     assert codes == {"planned": EXIT_OK, "contained": EXIT_OK, "needs_manual_action": EXIT_MANUAL,
                      "partially_contained": EXIT_NOT_CONTAINED, "failed": EXIT_NOT_CONTAINED,
