@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -160,3 +160,21 @@ class Action(ABC, Generic[P]):
     def check(self, ctx: ActionContext, params: P) -> list[str]:
         """Action-specific verification after applying; returns failures (empty: verified)."""
         return []
+
+    def narrow(self, params: P, changes: Sequence[Change]) -> P:
+        """`params` cut down to the targets of `changes`, so verifying reads only what the step changed.
+        The default keeps every parameter (verification then reads what planning read)."""
+        return params
+
+    def verify(self, ctx: ActionContext, params: P, changes: Sequence[Change]) -> list[str]:
+        """After applying: do this step's own changes hold? Returns failures (empty: verified).
+
+        Targeted: it reads only what `changes` touched. The default plans again with `narrow(params,
+        changes)` and reports whatever that plan still finds to do on those targets, then `check`s.
+        A step that changed nothing has nothing to verify and reads nothing."""
+        if not changes:
+            return []
+        targets = {c.target for c in changes}
+        again = self.plan(ctx, self.narrow(params, changes))
+        failures = [f"still to do: {c.operation} {c.target}" for c in again.changes if c.target in targets]
+        return failures + self.check(ctx, params)

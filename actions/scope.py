@@ -16,6 +16,7 @@ from actions.registry import register
 from runner.attribution.graph import Attribution, Edge
 from runner.attribution.sources import TrailReader, gather
 from runner.detect import seeds_of
+from runner.document import Scope
 from runner.incident import (
     AccessKeyPrincipal,
     EcsClusterResource,
@@ -374,7 +375,7 @@ class DiscoverScope(Action[NoParams]):
                              for i in f.items.values() if b is escalated or i.get("evasion")}
                             | {i["user_arn"] for i in escalated.keys.items.values()}
                             | {r["arn"] for r in escalated.reversals})
-        out = {
+        out = Scope.model_validate({
             "account_id": account, "window_start": inc.window_start,
             **scope.out(),
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
@@ -387,7 +388,7 @@ class DiscoverScope(Action[NoParams]):
             "attribution": graph.to_json(),
             "attacker_events": graph.events,
             "attacker_principals": sorted(in_scope_arns | set(graph.sessions)),
-        }
+        }).model_dump(exclude_unset=True)  # the typed scope (runner/document.py), as templates read it
         return Plan(outputs=out, notes=missing + notes)
 
 

@@ -20,10 +20,12 @@ import boto3
 from botocore.exceptions import ClientError
 
 from runner.aws import AwsSession
+from runner.document import RunDocument
 from runner.engine import RunOptions
 from runner.incident import validate_incident
 from runner.journal import SqliteJournal
 from runner.service import AwsOptions, start_run
+from runner.status import ChangeStatus, RunStatus
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -397,6 +399,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
                              stream=stream, journal=SqliteJournal(state)).result  # the drill's own account
 
         result = go()
+        doc = RunDocument.model_validate(result)
         after = account_snapshot(session)
         after_extra = persistence_snapshot(session)
         checks: list[tuple[str, bool, str]] = []
@@ -405,15 +408,15 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             checks.append((name, bool(ok), detail))
 
         if dry_run:
-            check("run planned", result["status"] == "planned", result["status"])
+            check("run planned", doc.status == RunStatus.PLANNED, doc.status)
             check("nothing changed in the account", before == after and before_extra == after_extra,
                   "IAM, ECS, auto scaling, schedules and EC2 snapshots compared")
-            planned = sum(len(s["changes"]) for s in result["steps"])
+            planned = sum(len(s.changes) for s in doc.steps)
             check("the plan contains the containment", planned >= 6, f"{planned} changes planned")
         else:
             atk = after["users"][n["user"]]
             check("run contained (root key left as a manual action)",
-                  result["status"] in ("contained", "needs_manual_action"), result["status"])
+                  doc.status in RunStatus.DONE, doc.status)
             check("attacker's access keys inactive", all(s == "Inactive" for s in atk["keys"].values()),
                   json.dumps(atk["keys"]))
             check("attacker's console password removed", not atk["login_profile"])
@@ -424,7 +427,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             check("miner service scaled to 0", bool(miner) and miner[0]["desiredCount"] == 0)
             miner_tasks = [v for k, v in after["tasks"].items() if f"/{n['cluster']}/" in k]
             check("miner tasks stopped", bool(miner_tasks) and all(v == "STOPPED" for v in miner_tasks))
-            manual = " ".join(m["instructions"] for m in result["manual_actions"])
+            manual = " ".join(m.instructions for m in doc.manual_actions)
             check("root key handed over as a manual action with its id", ROOT_KEY in manual)
             for decoy in ("alice", "ops-oncall", "breakglass-admin"):
                 check(f"legitimate user {decoy} untouched", before["users"][decoy] == after["users"][decoy])
@@ -439,21 +442,19 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             ok, detail = attacker_key_denied(session, seeded["attacker_key"], seeded["alice_key"])
             check("attacker's own key denied (moto IAM enforcement)", ok, detail)
             again = go()
-            applied_again = [c for s in again["steps"] for c in s["changes"] if c["status"] == "applied"]
+            applied_again = RunDocument.model_validate(again).changes_in(ChangeStatus.APPLIED)
             check("a second run of the same incident applies nothing", not applied_again,
                   f"{len(applied_again)} changes applied on the second run")
         contained = [
-            {"step": s["id"], "operation": c["operation"], "target": c["target"], "params": c["params"],
-             "previous": c["previous"]}
-            for s in result["steps"] for c in s["changes"] if c["status"] in ("applied", "planned")
+            {"step": s.id, "operation": c.operation, "target": c.target, "params": c.params, "previous": c.previous}
+            for s, c in doc.changes_in(ChangeStatus.APPLIED, ChangeStatus.PLANNED)
         ]
-        scope = result.get("scope", {})
         return {
-            "drill": "cryptojacking-root-key", "dry_run": dry_run, "run_id": result["run_id"],
-            "run_status": result["status"], "passed": all(ok for _, ok, _ in checks),
+            "drill": "cryptojacking-root-key", "dry_run": dry_run, "run_id": doc.run_id,
+            "run_status": doc.status, "passed": all(ok for _, ok, _ in checks),
             "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks],
             "contained": contained,
-            "left_alone": scope.get("excluded", []),
+            "left_alone": [e.model_dump() for e in doc.scope.excluded] if doc.scope else [],
             "manual_actions": result["manual_actions"],
             "metrics": result.get("metrics", {}),
             "incident_file": str(inc_path),
