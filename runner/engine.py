@@ -457,8 +457,9 @@ class Engine:
             for step in self.playbook.steps:
                 state = self.states[step.id]
                 needs = [self.states[n].status for n in step.needs]
-                if state.status != "pending" or step.id in self._ahead or "awaiting_approval" not in needs \
-                        or any(n not in (*DONE, "awaiting_approval") for n in needs) \
+                if state.status != StepStatus.PENDING or step.id in self._ahead \
+                        or StepStatus.AWAITING_APPROVAL not in needs \
+                        or any(n not in (*StepStatus.DONE, StepStatus.AWAITING_APPROVAL) for n in needs) \
                         or not self._needs_approval(step) or self._pre_approval(step) is not None:
                     continue
                 self._ahead.add(step.id)
@@ -471,19 +472,20 @@ class Engine:
                     continue
                 if not plan.changes:
                     continue  # nothing to approve yet; it plans again after its needs
-                waiting = [n for n in step.needs if self.states[n].status == "awaiting_approval"]
+                waiting = [n for n in step.needs if self.states[n].status == StepStatus.AWAITING_APPROVAL]
                 plan.notes.append(f"planned ahead of {', '.join(waiting)} (awaiting approval): approve it with them; "
                                   "after they apply it is planned again and applies without another question "
                                   "if its changes are the ones approved")
                 state.params, state.plan = params, plan
-                state.change_status = {c.digest: "planned" for c in plan.changes}
+                state.change_status = {c.digest: ChangeStatus.PLANNED for c in plan.changes}
+                state.fire("plan")
                 with self._lock:
                     refusal = self._guard([step])  # the cap and protected principals: as for any plan
                 if refusal:
                     self._refusal = refusal
                     self._stop_scheduling = True
                     return
-                state.status = "awaiting_approval"
+                state.fire("gate")
                 self._save(step, state)
                 self._event("step.awaiting_approval", step, changes=len(plan.changes), planned_ahead=True,
                             needs=waiting, message=f"approve with: stanch approve {self.run.run_id} --step {step.id}"
