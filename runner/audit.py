@@ -367,7 +367,7 @@ _LABELS = {
     "step.awaiting_approval": "waiting", "approval.recorded": "approved", "approval.stale": "drift",
     "change.planned": "  change", "change.started": "→", "change.applied": "✔", "change.already_done": "=",
     "change.skipped": "≠", "change.failed": "✘",
-    "verify.ok": "verified", "verify.failed": "UNVERIFIED",
+    "verify.ok": "verified", "verify.failed": "UNVERIFIED", "discovery.search": "  search",
 }
 
 
@@ -377,8 +377,10 @@ def render_human(event: dict[str, Any]) -> str:
     ts = str(event.get("ts", ""))[11:19]
     step = event.get("step") or ""
     parts = []
-    for key in ("incident_id", "playbook", "identity", "operation", "target", "changes", "outcome", "status", "by",
-                "message", "error"):
+    keys = ("region", "service", "state", "found", "error") if name == "discovery.search" else (
+        "incident_id", "playbook", "identity", "operation", "target", "changes", "outcome", "status", "by", "message",
+        "error")
+    for key in keys:
         if name != "run.started" and key in ("incident_id", "playbook", "identity"):
             continue
         if event.get(key) not in (None, "", []):
@@ -408,6 +410,9 @@ class EventSink:
             self.audit.write(event)
         if self.stream is not None and event.get("event") != "change.started":
             with self._lock:
+                observe = getattr(self.stream, "observe", None)  # a terminal display of live progress
+                if observe is not None:
+                    observe(event)
                 self.stream.write(render_human(event) + "\n")
                 self.stream.flush()
 

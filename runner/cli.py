@@ -949,15 +949,22 @@ def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML fi
 def playbook_graph(
     ref: Annotated[str | None, typer.Argument(help="Playbook name or path")] = None,
     lifecycle: Annotated[bool, typer.Option("--lifecycle", help="Draw the run lifecycle instead")] = False,
+    step_lifecycle: Annotated[bool, typer.Option("--step-lifecycle", help="Draw the step lifecycle instead")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run lifecycle."""
+    """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run or step
+    lifecycle (drawn from the state machines the engine drives)."""
     from actions.registry import builtin_registry
-    from runner.lifecycle import lifecycle_mermaid
+    from runner.lifecycle import lifecycle_mermaid, step_lifecycle_mermaid
     from runner.playbook import load_playbook
 
+    if lifecycle and step_lifecycle:
+        err("stanch: give --lifecycle or --step-lifecycle, not both")
+        raise typer.Exit(EXIT_BAD_INPUT)
     if lifecycle:
         text = lifecycle_mermaid()
+    elif step_lifecycle:
+        text = step_lifecycle_mermaid()
     elif not ref:
         err("stanch: give a playbook name or path, or --lifecycle")
         raise typer.Exit(EXIT_BAD_INPUT)

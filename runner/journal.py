@@ -24,11 +24,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from runner.audit import redact_value
 from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
+from runner.status import RunStatus
 
 if TYPE_CHECKING:
     from runner.config import Config, JournalSection
 
-ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+ACTIVE_STATUSES = tuple(str(s) for s in RunStatus.ACTIVE)
 
 
 def _stored(value: Any) -> str:

@@ -17,8 +17,9 @@ from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
 from runner.journal import AnchorRecord, ApprovalRecord, Journal, RunRecord, now_iso, open_journal
-from runner.lifecycle import ACTIVE
+from runner.lifecycle import ACTIVE, RunLifecycle
 from runner.playbook import Playbook, load_playbook, parse_playbook
+from runner.status import ChangeStatus, RunStatus, StepStatus
 
 
 def state_dir(explicit: str | None) -> Path:
@@ -95,7 +96,7 @@ def start_run(
     session.identity()
     journal = journal or open_journal(state, config)
     record = RunRecord(
-        run_id=run_id, incident_id=incident.id, playbook=playbook.name, status="pending",
+        run_id=run_id, incident_id=incident.id, playbook=playbook.name, status=RunStatus.PENDING,
         dry_run=options.dry_run, created_at=now_iso(), updated_at=now_iso(), incident=incident.to_json(),
         options={**options.to_json(), **aws_opts.to_json(), "playbook_ref": playbook.source
                  if playbook_ref else playbook.name, "config": config_path,
@@ -263,9 +264,9 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
     try:
         record = journal.get_run(run_id)
         steps = journal.steps(run_id)
-        waiting = sorted(s for s, r in steps.items() if r.status == "awaiting_approval")
+        waiting = sorted(s for s, r in steps.items() if r.status == StepStatus.AWAITING_APPROVAL)
         hint = f"steps awaiting approval: {', '.join(waiting)}" if waiting else "no step awaits approval"
-        if record.status != "awaiting_approval" or not waiting:
+        if record.status != RunStatus.AWAITING_APPROVAL or not waiting:
             raise InputError("--step", [Problem(run_id, f"run {run_id} is {record.status}; {hint}")])
         # a step that only its own approval may open (contain-suspects) is never part of --all-pending
         explicit = {s["id"] for s in (record.result or {}).get("steps", []) if s.get("approval") == "explicit"}
@@ -321,7 +322,7 @@ def rollback_run(
                                               f"(stanch resume) or give it up (stanch cancel) first")])
     applied = [{k: c[k] for k in ("operation", "target", "params", "previous")}
                for s in (record.result or {}).get("steps", []) for c in s.get("changes", [])
-               if c.get("status") == "applied"]
+               if c.get("status") == ChangeStatus.APPLIED]
     if not applied:
         raise InputError(run_id, [Problem("", f"run {run_id} applied no change; there is nothing to roll back")])
     if steps or targets:
@@ -344,7 +345,7 @@ def rollback_run(
 
 def _pick_changes(record: RunRecord, run_id: str, steps: list[str], targets: list[str]) -> list[dict[str, Any]]:
     """The applied changes of the named steps and/or targets; unknown names are bad input."""
-    by_step = {s["id"]: [c for c in s.get("changes", []) if c.get("status") == "applied"]
+    by_step = {s["id"]: [c for c in s.get("changes", []) if c.get("status") == ChangeStatus.APPLIED]
                for s in (record.result or {}).get("steps", [])}
     known_steps = sorted(k for k, v in by_step.items() if v)
     known_targets = sorted({c["target"] for v in by_step.values() for c in v})
@@ -367,14 +368,16 @@ def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
         if record.status not in ACTIVE:
             raise InputError(run_id, [Problem("", f"run {run_id} is already {record.status}")])
         result = dict(record.result or {}) or _partial_document(record, journal)
-        result.update(status="cancelled", cancelled={"by": by, "reason": reason, "at": now_iso()})
-        journal.set_run_status(run_id, "cancelled", result)
+        lifecycle = RunLifecycle(record.status, lambda _: None)
+        lifecycle.fire("cancel")  # a responder giving up on an unfinished run
+        result.update(status=lifecycle.status, cancelled={"by": by, "reason": reason, "at": now_iso()})
+        journal.set_run_status(run_id, lifecycle.status, result)
         journal.release(run_id)
         make_logger(audit_sink(journal, state, run_id), None, run_id=run_id, incident_id=record.incident_id,
                     playbook=record.playbook, dry_run=record.dry_run).info(
-            "run.cancelled", by=by, message=reason, outcome="cancelled", status="cancelled")
+            "run.cancelled", by=by, message=reason, outcome=lifecycle.status, status=lifecycle.status)
         anchor(journal, state, run_id)
-        record.status = "cancelled"
+        record.status = lifecycle.status
         record.result = result
         return record
     finally:

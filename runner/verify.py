@@ -28,10 +28,10 @@ from runner.engine import STEP_ERRORS, Engine, Prompt, RunOptions
 from runner.errors import InputError, Problem
 from runner.incident import validate_incident
 from runner.journal import open_journal
-from runner.lifecycle import TERMINAL
 from runner.playbook import load_playbook
 from runner.regions import Coverage
 from runner.service import audit_sink
+from runner.status import RunStatus, StepStatus
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -91,7 +91,7 @@ class Verifier:
         record = self.journal.get_run(run_id)
         if record.dry_run:
             raise InputError(run_id, [Problem("", f"run {run_id} was a dry run: it contained nothing to verify")])
-        if record.status not in TERMINAL or record.status in ("planned", "refused"):
+        if record.status not in RunStatus.TERMINAL or record.status in (RunStatus.PLANNED, RunStatus.REFUSED):
             raise InputError(run_id, [Problem("", f"run {run_id} is {record.status}; verify a finished run")])
         self.record = record
         self.config: Config = load_config(record.options.get("config"))
@@ -143,7 +143,7 @@ class Verifier:
         for step in self.playbook.steps:
             action = self.engine.actions[step.id]
             state = self.engine.states[step.id]
-            if action.risk == "read-only" or state.status not in ("applied", "noop", "manual"):
+            if action.risk == "read-only" or state.status not in StepStatus.DONE:
                 continue
             try:
                 from runner.templates import render
