@@ -375,6 +375,8 @@ class Worker:
                                                    VisibilityTimeout=delay)
         except ClientError as exc:  # the message comes back after its timeout; the journal keeps this safe
             handled.extra["queue_error"] = describe_client_error(exc)
+        except BotoCoreError as exc:
+            handled.extra["queue_error"] = f"{type(exc).__name__}: {exc}"
         self.handled.append(handled)
         self.log.info("worker.message", **{k: v for k, v in handled.to_json().items() if k != "reason"},
                       message=handled.reason)

@@ -85,8 +85,10 @@ def incident_id(user: str) -> str:
 
 
 def finding(user: str, key: str, *, count: int = 1) -> dict[str, Any]:
-    """A GuardDuty finding event about `user`'s key; a re-publication has a higher count, a later update."""
-    now = datetime.now(UTC).replace(microsecond=0)
+    """A GuardDuty finding event about `user`'s key; a re-publication has a higher count, a later update.
+    The activity starts after the account was seeded: the other users are not inside the window (not
+    suspects every run would examine)."""
+    now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     fid = hashlib.sha256(user.encode()).hexdigest()[:32]
     detail = {
         "schemaVersion": "2.0", "accountId": ACCOUNT, "region": "us-east-1", "partition": "aws", "id": fid,
@@ -94,10 +96,10 @@ def finding(user: str, key: str, *, count: int = 1) -> dict[str, Any]:
         "resource": {"resourceType": "AccessKey", "accessKeyDetails": {
             "accessKeyId": key, "principalId": "AIDA" + fid[:16].upper(), "userType": "IAMUser", "userName": user}},
         "service": {"serviceName": "guardduty", "detectorId": "d0c1", "archived": False, "count": count,
-                    "eventFirstSeen": (now - timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
+                    "eventFirstSeen": now.isoformat().replace("+00:00", "Z"),
                     "eventLastSeen": now.isoformat().replace("+00:00", "Z")},
         "severity": 8, "title": f"API called from a known malicious IP by {user}",
-        "createdAt": (now - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+        "createdAt": now.isoformat().replace("+00:00", "Z"),
         "updatedAt": (now + timedelta(seconds=count)).isoformat().replace("+00:00", "Z"),
     }
     return {"version": "0", "id": f"evt-{fid[:8]}-{count}", "detail-type": "GuardDuty Finding",
@@ -246,11 +248,16 @@ def test_four_workers_run_twenty_incidents_once_each_refuse_duplicates_and_dead_
 
     dups = [m for m in handled if m.get("duplicate")]
     started = [m for m in handled if m["kind"] == "finding" and not m.get("duplicate")]
-    assert len(started) == 20 and {m["fate"] for m in started} == {"delete"}
+    done = [m for m in started if m["fate"] == "delete"]
+    assert len(done) == 20 and len({m["incident_id"] for m in done}) == 20
+    # on this loaded machine a moto call may fail before a run is recorded: that delivery comes back
+    assert all(m["fate"] == "retry" and m["reason"].startswith("not finished") for m in started
+               if m["fate"] != "delete"), [(m["fate"], m["reason"][:200]) for m in started if m["fate"] != "delete"]
     assert len(dups) == 3 and {m["fate"] for m in dups} == {"delete"}
     assert {m["incident_id"] for m in dups} == {incident_id(f"svc-{i:02d}") for i in range(3)}
     poison = [m for m in handled if m["kind"] == "poison"]
-    assert poison and {m["fate"] for m in poison} == {"retry"} and "not JSON" in poison[0]["reason"]
+    assert poison and {m["fate"] for m in poison} == {"retry"} and "not JSON" in poison[0]["reason"], [
+        (m["kind"], m["fate"], m["reason"][:80]) for m in handled if m["kind"] != "finding"]
     [dead] = sqs.receive_message(QueueUrl=dlq, WaitTimeSeconds=1)["Messages"]
     assert dead["Body"] == "not json {"
     assert depth(moto_server, main) == 0
