@@ -203,7 +203,8 @@ class Engine:
         self._resumed = resume
         if resume:
             self._restore()
-        self.aws.reads.enable()  # a read asked again in this run is answered from memory until a write
+        # a read asked again in this run is answered from memory until a write ([aws] read_cache)
+        self.aws.reads.enable(self.config.aws.read_cache)
         with ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="step") as steps_pool, \
                 ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="call") as calls_pool:
             ctx = ActionContext(
