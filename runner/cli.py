@@ -563,9 +563,10 @@ def drill(
 ) -> None:
     """End-to-end containment against a simulated account (in-process moto), then a scorecard.
     The two runs' logs are not shown unless --verbose."""
-    from runner.drill import run_drill
+    from runner.drill import require_moto, run_drill
     from runner.service import state_dir as resolve_state
 
+    require_moto()  # before the spinner: without the drill extra, the message and exit 2
     ui = _ui(ctx, quiet, verbose, no_color)
     if ui.verbosity >= 2:
         with LogStream(ui) as log:
