@@ -237,7 +237,7 @@ def capture(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
     bundle.write("scope.json", scope)  # read before any change was made
     iam = ctx.aws.client("iam")
     jobs: list[tuple[str, Callable[[], None]]] = [
-        ("iam:users", lambda: _users(iam, scope, bundle)),
+        ("iam:users", lambda: _users(ctx, iam, scope, bundle)),
         ("iam:groups-and-roles", lambda: _groups_and_roles(iam, scope, bundle)),
         ("ecs", lambda: _ecs(ctx, scope, bundle)),
         ("cloudtrail", lambda: _cloudtrail(ctx, scope, bundle)),
@@ -301,22 +301,27 @@ def _policies(iam: Any, kind: str, name: str) -> dict[str, Any]:
     }
 
 
-def _users(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
-    """Users in scope. Login profile, MFA devices and groups were read by discovery before any change
-    and are kept as `state_before_containment`; re-reading them here would race with containment."""
-    for u in scope.get("users", []):
+def _users(ctx: ActionContext, iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
+    """Users in scope, side by side. Login profile, MFA devices and groups were read by discovery before
+    any change and are kept as `state_before_containment`; re-reading them here would race with containment."""
+
+    def one(u: dict[str, Any]) -> None:
         name = u["name"]
         user = _safe(iam.get_user, "User", UserName=name)
         if user is None:
             bundle.gap(f"iam:user/{name}", "the user no longer exists")
-            continue
-        keys = []
-        for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
+            return
+
+        def with_last_use(k: dict[str, Any]) -> dict[str, Any]:
             last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"])
-            keys.append({**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")})
+            return {**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")}
+
+        keys = ctx.fanout(with_last_use, list(paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name)))
         bundle.write(f"iam/users/{name}.json", {
             "user": user, "access_keys": keys, **_policies(iam, "user", name), "state_before_containment": u,
         })
+
+    ctx.fanout(one, scope.get("users", []))
 
 
 def _groups_and_roles(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
