@@ -26,7 +26,6 @@ from rich.console import Console
 
 from runner import __version__
 from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_REFUSED, StanchError
-from runner.playbook import Step
 from runner.ui import (
     LogStream,
     UiOptions,
@@ -41,6 +40,7 @@ from runner.ui import (
 
 if TYPE_CHECKING:  # commands import what they use when they run: `--help` loads neither boto3 nor moto
     from actions.base import Plan
+    from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
 
