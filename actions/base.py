@@ -12,7 +12,7 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from runner.regions import Coverage
+
+PermissionPath = Literal["runner", "org", "root-task"]
 
 if TYPE_CHECKING:
     from runner.aws import AwsSession
@@ -111,6 +113,14 @@ class ActionContext:
     trail_sources: list[str] = field(default_factory=list)
     #: what the run searched (regions, services, gaps); see runner/regions.py
     coverage: Coverage = field(default_factory=Coverage)
+    #: the run's structured log (event name, fields); None: progress events go nowhere
+    log: Callable[..., Any] | None = None
+
+    def progress(self, region: str, service: str, state: str, **fields: Any) -> None:
+        """One discovery progress event (`discovery.search`): a region x service is pending, running,
+        done (with what it found) or a gap. The terminal shows them live; the audit log keeps them."""
+        if self.log is not None:
+            self.log("discovery.search", region=region, service=service, state=state, **fields)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Run `fn` over `items` concurrently (bounded); results in input order; the first error (in
@@ -160,6 +170,11 @@ class Action(ABC, Generic[P]):
     summary: ClassVar[str]
     params_model: ClassVar[type[Params]] = NoParams
     permissions: ClassVar[tuple[str, ...]] = ()
+    #: where a declared permission is used when not by the incident account's identity (the member
+    #: role): "runner" (the runner's own account, e.g. the evidence bucket), "org" (the Organizations
+    #: role of `[root]`, assumed from the runner's own account) or "root-task" (granted by sts:AssumeRoot's
+    #: task policy, so in no role's policy). `stanch playbook permissions --for` splits policies by it.
+    permission_paths: ClassVar[dict[str, PermissionPath]] = {}
     risk: ClassVar[RiskTier]
     #: name under which the plan's outputs are visible to templates besides steps.<id>
     publishes: ClassVar[str | None] = None
@@ -179,3 +194,21 @@ class Action(ABC, Generic[P]):
     def check(self, ctx: ActionContext, params: P) -> list[str]:
         """Action-specific verification after applying; returns failures (empty: verified)."""
         return []
+
+    def narrow(self, params: P, changes: Sequence[Change]) -> P:
+        """`params` cut down to the targets of `changes`, so verifying reads only what the step changed.
+        The default keeps every parameter (verification then reads what planning read)."""
+        return params
+
+    def verify(self, ctx: ActionContext, params: P, changes: Sequence[Change]) -> list[str]:
+        """After applying: do this step's own changes hold? Returns failures (empty: verified).
+
+        Targeted: it reads only what `changes` touched. The default plans again with `narrow(params,
+        changes)` and reports whatever that plan still finds to do on those targets, then `check`s.
+        A step that changed nothing has nothing to verify and reads nothing."""
+        if not changes:
+            return []
+        targets = {c.target for c in changes}
+        again = self.plan(ctx, self.narrow(params, changes))
+        failures = [f"still to do: {c.operation} {c.target}" for c in again.changes if c.target in targets]
+        return failures + self.check(ctx, params)

@@ -166,6 +166,8 @@ class CaptureEvidence(Action[EvidenceParams]):
         "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "cloudtrail:LookupEvents",
         "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",  # GetObject covers HeadObject
     )
+    #: the write-once copy goes to the runner's own evidence bucket, whichever account the incident is in
+    permission_paths = {"s3:PutObject": "runner", "s3:PutObjectRetention": "runner", "s3:GetObject": "runner"}
     risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
 
     def plan(self, ctx: ActionContext, params: EvidenceParams) -> Plan:
@@ -186,7 +188,7 @@ class CaptureEvidence(Action[EvidenceParams]):
         cfg = ctx.config.evidence
         if not cfg.s3_bucket:
             return []
-        s3 = ctx.aws.client("s3")
+        s3 = ctx.aws.home.client("s3")  # the runner's own account's bucket, also for a member account's incident
         prefix = f"{cfg.s3_prefix.strip('/')}/{ctx.incident.id}/{ctx.run_id}"
         changes = []
         entries = [*manifest["files"].items(), (MANIFEST, {"sha256": sha256_file(root / MANIFEST),
@@ -218,7 +220,7 @@ class CaptureEvidence(Action[EvidenceParams]):
             extra = {"ObjectLockMode": cfg.object_lock_mode,
                      "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=cfg.retention_days)}
         try:
-            ctx.aws.client("s3").put_object(
+            ctx.aws.home.client("s3").put_object(
                 Bucket=change.params["Bucket"], Key=change.params["Key"], Body=body, IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest).decode(), **extra)
         except ClientError as exc:

@@ -17,6 +17,7 @@ from actions.registry import register
 from runner.attribution.graph import Attribution, Edge
 from runner.attribution.sources import TrailReader, gather
 from runner.detect import seeds_of
+from runner.document import Scope
 from runner.incident import (
     AccessKeyPrincipal,
     EcsClusterResource,
@@ -157,14 +158,23 @@ class DiscoverScope(Action[NoParams]):
         # -- read concurrently: the attribution graph, the IAM listing, ECS in every region, the admin
         # policies' holders and the account summary (none of these reads depends on another)
         admin_policies = list(dict.fromkeys([*ctx.config.discovery.admin_policy_arns, *inc.indicators.policy_arns]))
+        ctx.progress("global", "cloudtrail", "running")
+        ctx.progress("global", "iam", "running")
         trail = ctx.fanout_pool.submit(read_trail)
         ecs_read = ctx.fanout_pool.submit(read_ecs, ctx)
         admins = ctx.fanout_pool.submit(admin_holders)
         account_summary = ctx.fanout_pool.submit(lambda: iam.get_account_summary()["SummaryMap"])
-        all_users, all_groups, all_roles = ctx.fanout(
-            lambda op: list(paginate(iam, op[0], op[1])),
-            [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        try:
+            all_users, all_groups, all_roles = ctx.fanout(
+                lambda op: list(paginate(iam, op[0], op[1])),
+                [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        except ClientError as exc:
+            ctx.progress("global", "iam", "gap", error=str(exc.response.get("Error", {}).get("Code", "")))
+            raise
+        ctx.progress("global", "iam", "done", found=len(all_users) + len(all_groups) + len(all_roles))
         graph = trail.result()
+        ctx.progress("global", "cloudtrail", "done" if graph.available else "gap", found=len(graph.events),
+                     **({} if graph.available else {"error": "no CloudTrail source"}))
         by_kind = {"user": {u["UserName"]: u for u in all_users}, "group": {g["GroupName"]: g for g in all_groups},
                    "role": {r["RoleName"]: r for r in all_roles
                             if not r.get("Path", "/").startswith("/aws-service-role/")}}
@@ -389,7 +399,7 @@ class DiscoverScope(Action[NoParams]):
                              for i in f.items.values() if b is escalated or i.get("evasion")}
                             | {i["user_arn"] for i in escalated.keys.items.values()}
                             | {r["arn"] for r in escalated.reversals})
-        out = {
+        out = Scope.model_validate({
             "account_id": account, "window_start": inc.window_start,
             **scope.out(),
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
@@ -402,7 +412,7 @@ class DiscoverScope(Action[NoParams]):
             "attribution": graph.to_json(),
             "attacker_events": graph.events,
             "attacker_principals": sorted(in_scope_arns | set(graph.sessions)),
-        }
+        }).model_dump(exclude_unset=True)  # the typed scope (runner/document.py), as templates read it
         return Plan(outputs=out, notes=missing + notes)
 
 
@@ -447,6 +457,11 @@ class _EcsRegion:
     region: str
     clusters: list[_EcsCluster]
     task_defs: dict[str, dict[str, Any]]
+
+    @property
+    def found(self) -> int:
+        """Active services and running tasks read (the discovery progress counts them)."""
+        return sum(len(c.services) + len(c.tasks) for c in self.clusters)
 
 
 def read_ecs(ctx: ActionContext) -> list[_EcsRegion]:

@@ -12,8 +12,10 @@ until a write to that service, and two threads asking the same read at once make
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -284,6 +286,28 @@ class ReadCache:
             return dict(sorted(self.hits.items()))
 
 
+#: what STS accepts as a RoleSessionName
+_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+
+
+def session_name(text: str) -> str:
+    """`text` (a run id) as an STS RoleSessionName: 2-64 characters of [A-Za-z0-9_+=,.@-]."""
+    name = _SESSION_NAME_BAD.sub("-", text)[:64]
+    return name if len(name) >= 2 else f"stanch-{name}"
+
+
+@dataclass(frozen=True)
+class AssumedRole:
+    """The role a security-account runner assumed in the incident's account (`[accounts] role_name`)."""
+
+    role_arn: str
+    session_name: str
+    external_id: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role_arn": self.role_arn, "session_name": self.session_name, "external_id": self.external_id}
+
+
 @dataclass(frozen=True)
 class Identity:
     account: str
@@ -335,8 +359,12 @@ class AwsSession:
         self.refused: list[str] = []
         self._identity: Identity | None = None
         self._derived: dict[tuple[str, str], AwsSession] = {}
+        #: the runner's own session: an incident account's session (assume_member) points back to it, so
+        #: the Organizations role and the evidence bucket are reached with the runner's own credentials
+        self.home: AwsSession = self
+        self.assumed_role: AssumedRole | None = None
         self.started = time.monotonic()
-        #: the run's read cache; off until the engine turns it on (derived sessions keep their own, off)
+        #: the run's read cache; off until the engine turns it on (each derived session has its own)
         self.reads = ReadCache()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -378,22 +406,69 @@ class AwsSession:
     def _derive(self, creds: dict[str, Any]) -> AwsSession:
         import boto3
 
-        child = AwsSession(
-            region=self.region, endpoint_url=self.endpoint_url, settings=self._settings, dry_run=self.dry_run,
-            boto_session=boto3.Session(aws_access_key_id=creds["AccessKeyId"],
-                                       aws_secret_access_key=creds["SecretAccessKey"],
-                                       aws_session_token=creds.get("SessionToken"), region_name=self.region),
-        )
+        return self._derive_session(boto3.Session(
+            aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds.get("SessionToken"), region_name=self.region))
+
+    def _derive_session(self, boto_session: boto3.Session) -> AwsSession:
+        child = AwsSession(region=self.region, endpoint_url=self.endpoint_url, settings=self._settings,
+                           dry_run=self.dry_run, max_pool_connections=self._boto_config.max_pool_connections,
+                           boto_session=boto_session)
         child.calls, child.refused, child._lock = self.calls, self.refused, self._lock
         return child
 
     def assume_role(self, role_arn: str) -> AwsSession:
-        """A session as `role_arn` (e.g. the Organizations management role), cached for the run."""
+        """A session as `role_arn` (e.g. the Organizations management role), cached for the run. Always
+        assumed from the runner's own credentials, never from an incident account's role."""
+        if self.home is not self:
+            return self.home.assume_role(role_arn)
         key = ("role", role_arn)
         if key not in self._derived:
             creds = self.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="stanch")["Credentials"]
             self._derived[key] = self._derive(creds)
         return self._derived[key]
+
+    def assume_member(self, account: str, role_name: str, *, run_id: str, external_id: str = "") -> AwsSession:
+        """The incident account's session: `arn:aws:iam::<account>:role/<role_name>` assumed from the
+        runner's own credentials, the run id as session name (CloudTrail in that account names the run).
+        botocore refreshes the credentials through the same AssumeRole before they expire."""
+        import boto3
+        import botocore.session
+        from botocore.credentials import CredentialProvider, RefreshableCredentials
+
+        home = self.home
+        partition = "aws"
+        with contextlib.suppress(KeyError, IndexError, ValueError):
+            partition = home.identity().arn.split(":")[1] or "aws"
+        role_arn = f"arn:{partition}:iam::{account}:role/{role_name}"
+        key = ("member", role_arn)
+        if key in home._derived:
+            return home._derived[key]
+        args: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": session_name(run_id)}
+        if external_id:
+            args["ExternalId"] = external_id
+
+        def fetch() -> dict[str, Any]:
+            c = home.client("sts").assume_role(**args)["Credentials"]
+            expiry = c["Expiration"]
+            return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"], "token": c["SessionToken"],
+                    "expiry_time": expiry.isoformat() if hasattr(expiry, "isoformat") else str(expiry)}
+
+        credentials = RefreshableCredentials.create_from_metadata(fetch(), fetch, "assume-role")
+
+        class _Assumed(CredentialProvider):  # type: ignore[misc]
+            METHOD = "assume-role"
+
+            def load(self) -> Any:
+                return credentials
+
+        core = botocore.session.Session()
+        core.get_component("credential_provider").insert_before("env", _Assumed())
+        child = home._derive_session(boto3.Session(botocore_session=core, region_name=home.region))
+        child.home = home
+        child.assumed_role = AssumedRole(role_arn, args["RoleSessionName"], bool(external_id))
+        home._derived[key] = child
+        return child
 
     def assume_root(self, account: str, task_policy_arn: str = ROOT_TASK_DELETE_CREDENTIALS) -> AwsSession:
         """A task-scoped root session in a member account (sts:AssumeRoot), cached for the run."""

@@ -2,7 +2,7 @@
 
 `Journal` is the interface the engine uses; `SqliteJournal` is the default backend, one file
 in the state directory. A shared backend (e.g. DynamoDB with conditional writes) implements
-the same protocol.
+the same protocol (`runner.dynamo_journal.DynamoJournal`); `open_journal` picks one from the config.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from runner.audit import redact_value
 from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
+from runner.status import RunStatus
 
-ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+if TYPE_CHECKING:
+    from runner.config import Config, JournalSection
+
+ACTIVE_STATUSES = tuple(str(s) for s in RunStatus.ACTIVE)
 
 
 def _stored(value: Any) -> str:
@@ -117,7 +122,8 @@ class Journal(Protocol):
     def save_step(self, run_id: str, step_id: str, status: str,
                   plan: dict[str, Any] | None, error: str | None = None) -> None: ...
     def steps(self, run_id: str) -> dict[str, StepRecord]: ...
-    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None: ...
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> bool:
+        """Record that a change is about to be sent; False: another worker holds or finished it (do not send)."""
     def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
                         error: str | None = None) -> None: ...
     def changes(self, run_id: str) -> list[ChangeRecord]: ...
@@ -126,6 +132,9 @@ class Journal(Protocol):
     def hold(self, run_id: str) -> AbstractContextManager[None]: ...
     def add_anchor(self, anchor: AnchorRecord) -> None: ...
     def anchors(self, run_id: str | None = None) -> list[AnchorRecord]: ...
+    def has_run(self, run_id: str) -> bool: ...
+    def is_held(self, run_id: str) -> bool: ...
+    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -176,6 +185,45 @@ def secure_state_dir(state: Path) -> None:
                              f"{oct(mode & wanted)}\n")
     fd = os.open(state / "journal.sqlite3", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     os.close(fd)  # SQLite gives its -wal and -shm files the database file's mode
+
+
+def journal_settings(config: Config | None = None) -> JournalSection:
+    """The `[journal]` section, overridden by STANCH_JOURNAL (`sqlite`, or `dynamodb://TABLE[?region=R]`)."""
+    from pydantic import ValidationError
+
+    from runner.config import JournalSection, load_config
+
+    section = (config or load_config(None)).journal
+    raw = os.environ.get("STANCH_JOURNAL", "").strip()
+    if not raw:
+        return section
+    where = "STANCH_JOURNAL"
+    if raw in ("sqlite", "sqlite://"):
+        return section.model_copy(update={"backend": "sqlite"})
+    url = urlsplit(raw)
+    query = parse_qs(url.query)
+    unknown = sorted(set(query) - {"region", "endpoint_url"})
+    if url.scheme != "dynamodb" or not url.netloc or url.path not in ("", "/") or unknown:
+        raise InputError(where, [Problem(raw, "not a journal: use sqlite or dynamodb://TABLE[?region=REGION]"
+                                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))])
+    try:
+        return JournalSection.model_validate({**section.model_dump(), "backend": "dynamodb", "table": url.netloc,
+                                              **{k: v[-1] for k, v in query.items()}})
+    except ValidationError as exc:
+        raise InputError(where, [Problem(".".join(map(str, e["loc"])) or raw, e["msg"])
+                                 for e in exc.errors()]) from None
+
+
+def open_journal(state: Path, config: Config | None = None) -> Journal:
+    """The journal the configuration selects: SQLite in `state` (default), or the DynamoDB table
+    shared by every machine with the same `[journal]` (or STANCH_JOURNAL)."""
+    settings = journal_settings(config)
+    if settings.backend == "sqlite":
+        return SqliteJournal(state)
+    from runner.dynamo_journal import DynamoJournal
+
+    return DynamoJournal(settings.table, region=settings.region or None, endpoint_url=settings.endpoint_url or None,
+                         lease_seconds=settings.lease_seconds, ttl_days=settings.ttl_days)
 
 
 @dataclass
@@ -352,11 +400,13 @@ class SqliteJournal:
             for r in self._rows("SELECT * FROM steps WHERE run_id=?", run_id)
         }
 
-    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None:
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> bool:
+        """One process executes a run (`hold`), so the change is always this process's to send."""
         row = (run_id, step_id, digest, "applying", json.dumps(change), None, now_iso(), None)
         self._grouped(lambda db: db.execute(
             "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, digest) DO UPDATE SET "
             "status=excluded.status, started_at=excluded.started_at, error=NULL", row))
+        return True
 
     def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
                         error: str | None = None) -> None:

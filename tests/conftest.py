@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLE_INCIDENT = ROOT / "tests" / "data" / "incident-cryptojacking.json"
 
-_HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG")
+_HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG",
+           "STANCH_JOURNAL")
 
 
 def _fake_credentials(mp: pytest.MonkeyPatch) -> None:

@@ -137,6 +137,21 @@ class BrokenPlan(SetValues):
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "LookupEvents")
 
 
+class MarkParams(Params):
+    source: str
+    keys: list[str]
+
+
+class Mark(SetValues):
+    """Set each key to 'after-<value of source>': a plan that depends on what an earlier step applied."""
+
+    name = "fake.mark"
+    params_model = MarkParams  # type: ignore[assignment]
+
+    def plan(self, ctx: ActionContext, params: MarkParams) -> Plan:  # type: ignore[override]
+        return super().plan(ctx, SetParams(keys=params.keys, value=f"after-{WORLD.values.get(params.source)}"))
+
+
 class Manual(Action[CollectParams]):
     name = "fake.manual"
     summary = "needs a person"
@@ -149,7 +164,7 @@ class Manual(Action[CollectParams]):
 
 def registry() -> Registry:
     reg = Registry()
-    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual, SlowPlan, BrokenPlan):
+    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual, SlowPlan, BrokenPlan, Mark):
         reg.register(cls)
     return reg
 
