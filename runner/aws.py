@@ -121,6 +121,12 @@ UNCACHED_READS = frozenset({
     "GetSessionToken", "GetFederationToken", "GetSecretValue", "BatchGetSecretValue", "GetParameter",
     "GetParameters", "GetParametersByPath", "GetPasswordData", "GetAuthorizationToken", "GetCredentialReport",
 })
+#: refusals about the request rather than the account (credentials, signature, clock): never kept as answers
+UNKEPT_ERRORS = frozenset({
+    "ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidClientTokenId", "UnrecognizedClientException",
+    "SignatureDoesNotMatch", "IncompleteSignature", "InvalidSignatureException", "AuthFailure", "RequestTimeout",
+    "RequestTimeoutException", "IDPCommunicationError",
+})
 #: a write to the key also changes what reads of these services return
 COUPLED_SERVICES = {
     "ec2": ("autoscaling",), "autoscaling": ("ec2",),
@@ -156,7 +162,8 @@ class ReadCache:
       Auto Scaling) forgets every read of it, before the write is sent and again when it answers, and
       a read that was in flight across a write is not kept;
     * single flight: a thread asking a read another thread is already asking waits for that answer;
-    * a definite error (4xx such as NoSuchEntity, not throttling) is an answer like any other;
+    * a definite error (4xx such as NoSuchEntity; not throttling, not an expired token or a bad
+      signature) is an answer like any other;
     * a read that AWS answered with a server error (5xx, not throttling) after every retry is not
       asked again while the cache is on: the same error is given at once (the API is down or, in an
       emulator, missing), as a region's LookupEvents is given up in attribution;
@@ -258,8 +265,10 @@ class ReadCache:
             current = self._generation[service] + self._generation["*"]
             if self.enabled and flight is not None and flight.generation == current:
                 answer = (status, dict(getattr(http_response, "headers", {}) or {}), copy.deepcopy(parsed))
-                throttled = status == 429 or (parsed or {}).get("Error", {}).get("Code") in THROTTLING_CODES
-                if 200 <= status < 500 and not throttled:  # an answer, or a definite refusal (NoSuchEntity)
+                code = (parsed or {}).get("Error", {}).get("Code")
+                throttled = status == 429 or code in THROTTLING_CODES
+                if 200 <= status < 300 or (300 <= status < 500 and not throttled and code not in UNKEPT_ERRORS):
+                    # an answer, or a definite refusal about the account's state (NoSuchEntity)
                     self._answers[key] = answer
                 elif status >= 500 and not throttled:
                     self._unavailable[key[:3]] = answer

@@ -102,6 +102,21 @@ def test_a_definite_refusal_is_an_answer_too(aws: boto3.Session) -> None:
     assert s.call_counts() == {"iam:GetLoginProfile": 1}
 
 
+def test_an_expired_token_is_not_kept_as_an_answer(aws: boto3.Session) -> None:
+    from botocore.stub import Stubber
+
+    s = AwsSession(region="us-east-1", boto_session=aws)
+    s.reads.enable()
+    iam = s.client("iam")
+    with Stubber(iam) as stub:
+        stub.add_client_error("list_users", "ExpiredToken", http_status_code=400)
+        stub.add_response("list_users", {"Users": []})
+        with pytest.raises(ClientError, match="ExpiredToken"):
+            iam.list_users()
+        assert iam.list_users()["Users"] == []  # asked again (fresh credentials), not the kept refusal
+        stub.assert_no_pending_responses()
+
+
 def test_two_threads_asking_the_same_read_at_once_make_one_call(aws: boto3.Session) -> None:
     aws.client("iam").create_user(UserName="u")
     s = AwsSession(region="us-east-1", boto_session=aws)
