@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,11 +123,44 @@ class ActionContext:
             self.log("discovery.search", region=region, service=service, state=state, **fields)
 
     def fanout(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """Run `fn` over `items` concurrently (bounded); results in input order."""
-        items = list(items)
-        if len(items) <= 1:
-            return [fn(i) for i in items]
-        return list(self.fanout_pool.map(fn, items))
+        """Run `fn` over `items` concurrently (bounded); results in input order; the first error (in
+        input order) is raised once every item has finished.
+
+        The calling thread works through the items too, and pool threads only help: a fan-out inside
+        a fan-out (regions, then clusters, then users) never waits for a pool thread that is itself
+        waiting, so nesting cannot deadlock however busy the pool is."""
+        work = list(items)
+        if len(work) <= 1:
+            return [fn(i) for i in work]
+        results: list[Any] = [None] * len(work)
+        failures: dict[int, BaseException] = {}
+        lock = threading.Lock()
+        claimed = [0]
+        finished = threading.Semaphore(0)
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    index = claimed[0]
+                    if index >= len(work):
+                        return
+                    claimed[0] += 1
+                try:
+                    results[index] = fn(work[index])
+                except Exception as exc:  # noqa: BLE001  (raised in the caller, in input order)
+                    failures[index] = exc
+                finally:
+                    finished.release()
+
+        helpers = [self.fanout_pool.submit(drain) for _ in range(min(len(work) - 1, self.fanout_pool._max_workers))]
+        drain()
+        for helper in helpers:
+            helper.cancel()  # not started yet: nothing left for it to do
+        for _ in work:
+            finished.acquire()  # every item claimed by a running thread finishes
+        if failures:
+            raise failures[min(failures)]
+        return results
 
 
 class Action(ABC, Generic[P]):

@@ -133,12 +133,15 @@ class AuditLog:
     Several processes may share one state directory (a run, `stanch approve`, a dry-run drill). An
     append is O(1): under an exclusive lock held only for the write, it continues the chain from the
     head file (`audit.jsonl.head`: last seq and hash), which it then rewrites. The log is read back
-    only when the head file is missing or unreadable. Nothing is written through a symlink."""
+    only when the head file is missing or unreadable. Nothing is written through a symlink. Events
+    written concurrently share one append and one fsync (group commit)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one append at a time (the flock serialises processes)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._last: tuple[str, int] | None = None  # (hash, seq) of the last line this object wrote
         self._size = -1  # the log's size after that write
 
@@ -153,27 +156,63 @@ class AuditLog:
         return digest, seq
 
     def write(self, event: dict[str, Any]) -> None:
+        """Append `event`; return once it is on disk. Group commit: events that threads write while an
+        append is under way go out together in the next one (one write, one fsync, one head update),
+        in the order they arrived, each caller still returning only when its own line is durable."""
+        pending = _Pending(event)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._lock:
-            lock_fd = open_private(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT)
+            if pending.done:  # an earlier batch carried it
+                if pending.error is not None:
+                    raise pending.error
+                return
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                try:
-                    prev, seq = self._tail(os.fstat(fd).st_size)
-                    record = {k: event.get(k) for k in AUDIT_FIELDS}
-                    record.update(event)
-                    record["seq"] = seq + 1
+                self._append(batch)
+            except BaseException as exc:
+                for p in batch:
+                    p.error, p.done = exc, True
+                raise
+            for p in batch:
+                p.done = True
+
+    def _append(self, batch: list[_Pending]) -> None:
+        lock_fd = open_private(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                prev, seq = self._tail(os.fstat(fd).st_size)
+                lines = []
+                for pending in batch:
+                    record = {k: pending.event.get(k) for k in AUDIT_FIELDS}
+                    record.update(pending.event)
+                    seq += 1
+                    record["seq"] = seq
                     record["prev"] = prev
                     line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
-                    os.write(fd, (line + "\n").encode("utf-8"))
-                    os.fsync(fd)
-                    size = os.fstat(fd).st_size
-                finally:
-                    os.close(fd)
-                self._last, self._size = (line_hash(line), seq + 1), size
-                write_head(self.path, seq + 1, self._last[0], size)
+                    lines.append(line)
+                    prev = line_hash(line)
+                os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
             finally:
-                os.close(lock_fd)  # releases the flock
+                os.close(fd)
+            self._last, self._size = (prev, seq), size
+            write_head(self.path, seq, prev, size)
+        finally:
+            os.close(lock_fd)  # releases the flock
+
+
+@dataclass
+class _Pending:
+    """One event waiting for its append."""
+
+    event: dict[str, Any]
+    done: bool = False
+    error: BaseException | None = None
 
 
 class UnsafeFileError(OSError):

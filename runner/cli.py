@@ -27,7 +27,6 @@ from rich.console import Console
 
 from runner import __version__
 from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_REFUSED, StanchError
-from runner.playbook import Step
 from runner.ui import (
     LogStream,
     UiOptions,
@@ -42,6 +41,7 @@ from runner.ui import (
 
 if TYPE_CHECKING:  # commands import what they use when they run: `--help` loads neither boto3 nor moto
     from actions.base import Plan
+    from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -690,13 +690,14 @@ def drill(
     """End-to-end containment against a simulated account (in-process moto), then a scorecard.
     The two runs' logs are not shown unless --verbose. With --live: a read-only readiness check of a real
     deployment; exit 0 ready, 1 with every problem that would stop a real containment."""
-    from runner.drill import run_drill
+    from runner.drill import require_moto, run_drill
     from runner.service import state_dir as resolve_state
 
     if live:
         _live_drill(account or [], queue_url, rule or [], config, region, profile, endpoint_url, output,
                     wants_color(no_color))
         return
+    require_moto()  # before the spinner: without the drill extra, the message and exit 2
     ui = _ui(ctx, quiet, verbose, no_color)
     if ui.verbosity >= 2:
         with LogStream(ui) as log:

@@ -43,6 +43,9 @@ class AwsSection(_Section):
     regions: list[str] = Field(default_factory=list)
     #: deprecated: every enabled region is searched by default; these are added to `regions`
     extra_regions: list[str] = Field(default_factory=list)
+    #: answer a read asked again in the same run from memory until a write to its service
+    #: (verification always reads AWS afresh); false: every read goes to AWS
+    read_cache: bool = True
 
 
 class ApprovalSection(_Section):

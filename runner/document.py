@@ -129,6 +129,8 @@ class Metrics(_Doc):
     active_s: float | None = None
     api_calls_total: int = 0
     api_calls: dict[str, int] = {}
+    #: reads answered from the run's cache ([aws] read_cache): not API calls, not in api_calls_total
+    api_calls_cached: int = 0
     refused_writes: list[Any] = []
 
 

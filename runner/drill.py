@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from runner.aws import AwsSession
 from runner.document import RunDocument
 from runner.engine import RunOptions
+from runner.errors import MissingExtraError
 from runner.incident import validate_incident
 from runner.journal import SqliteJournal
 from runner.service import AwsOptions, start_run
@@ -371,9 +372,23 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+#: moto is the `drill` extra, not a runtime dependency: stanch contains real accounts without it
+INSTALL_DRILL = "pip install 'stanch[drill]'  (from a checkout: pip install '.[drill]')"
+
+
+def require_moto() -> None:
+    """The drill's simulated account is moto: without it, say how to install it (exit 2)."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(f"stanch drill needs moto for its simulated account, which is an optional extra: "
+                                f"{INSTALL_DRILL}. Nothing was run.") from None
+
+
 def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None,
               stream: TextIO | None = None) -> dict[str, Any]:
     """Seed, contain and check. The runs' log goes to `stream` (none by default: the scorecard says it all)."""
+    require_moto()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with simulated_account() as session:
         seeded = seed(session, names)

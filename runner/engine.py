@@ -209,6 +209,8 @@ class Engine:
         self._resumed = resume
         if resume:
             self._restore()
+        # a read asked again in this run is answered from memory until a write ([aws] read_cache)
+        self.aws.reads.enable(self.config.aws.read_cache)
         with ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="step") as steps_pool, \
                 ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="call") as calls_pool:
             ctx = ActionContext(
@@ -229,6 +231,7 @@ class Engine:
             else:
                 self._conduct(ctx, steps_pool)
             self._settle(ctx, steps_pool)
+            self.aws.reads.enable(False)  # the session's later users (drill checks, verify) read AWS itself
         return self.result()
 
     def _is_protected(self, name: str, arn: str) -> bool:
@@ -601,12 +604,14 @@ class Engine:
             # each step checks its own applied changes; a step that changed nothing reads nothing
             done = [s for s in self.playbook.steps if self.states[s.id].status in StepStatus.DONE
                     and self.actions[s.id].risk != "read-only" and self._applied(s)]
+            self.aws.reads.clear()  # verification reads AWS as it is now (steps still share those reads)
             list(pool.map(lambda s: self._verify_step(ctx, s), done))
             settle = self.config.verify.iam_settle_seconds
             unsettled = [s for s in done if self.states[s.id].verify_failures and any(
                 c.operation.startswith("iam:") for c in self._applied(s))]
             if unsettled and settle > 0:  # IAM is eventually consistent: look once more before judging
                 time.sleep(settle)
+                self.aws.reads.clear()
                 list(pool.map(lambda s: self._verify_step(ctx, s), unsettled))
             self.finished_s = self._elapsed()
             states = [self.states[s.id] for s in self.playbook.steps]
@@ -714,6 +719,7 @@ class Engine:
             "paused_s": round(self.paused_s, 3),
             "active_s": round(max(0.0, elapsed - self.paused_s), 3),
             "api_calls_total": sum(calls.values()), "api_calls": calls,
+            "api_calls_cached": sum(self.aws.cached_counts().values()),
             "refused_writes": list(self.aws.refused),
         }
 

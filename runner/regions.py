@@ -190,6 +190,9 @@ def scan_regions(ctx: ActionContext, service: str, fn: Callable[[str], R], regio
 def found_count(result: Any) -> int:
     """How many things a region scan found: the length of its result, or of its first list (what is in
     scope; the rest of a tuple is what was left alone)."""
+    found = getattr(result, "found", None)  # a read that only classifies later says what it read
+    if isinstance(found, int):
+        return found
     if isinstance(result, tuple) and result and isinstance(result[0], list | dict):
         return len(result[0])
     return len(result) if isinstance(result, list | dict) else 0

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.registry import Registry
-from runner.aws import Identity
+from runner.aws import Identity, ReadCache
 
 ACCOUNT = "123456789012"
 
@@ -35,11 +35,15 @@ class FakeAws:
 
     def __init__(self) -> None:
         self.refused: list[str] = []
+        self.reads = ReadCache()  # no client ever feeds it: the engine only turns it on and off
 
     def identity(self) -> Identity:
         return Identity(ACCOUNT, f"arn:aws:iam::{ACCOUNT}:user/runner", f"arn:aws:iam::{ACCOUNT}:user/runner")
 
     def call_counts(self) -> dict[str, int]:
+        return {}
+
+    def cached_counts(self) -> dict[str, int]:
         return {}
 
 
