@@ -11,6 +11,8 @@ Layout (partition key `pk`, sort key `sk`, both strings):
 - `run#<id>` / `blob#...`: a value too large for its item, in parts.
 - `incident#<id>` / `lock`: the one active run of the incident (a conditional put takes it);
   `incident#<id>` / `run#<created_at>#<run id>`: the incident's runs.
+- `incident#<id>` / `claim`: the worker deciding about a delivery of the incident now (`owner`,
+  `claim_until` in epoch ms, renewed by its heartbeat): two workers on two machines never both start it.
 
 Every item of a run carries `expires_at` (DynamoDB TTL): `ttl_days` after the run started.
 
@@ -325,6 +327,58 @@ class DynamoJournal:
         """True while some worker's lease on `run_id` is live."""
         item = self._get(f"run#{run_id}", "lease") if _RUN_ID.match(run_id) else None
         return bool(item) and int(item["lease_until"]["N"]) > _ms()  # type: ignore[index]
+
+    # -- incident claims (workers) ---------------------------------------------------------
+    @contextmanager
+    def claim_incident(self, incident_id: str, owner: str, seconds: float) -> Iterator[bool]:
+        """`incident#<id>` / `claim`: one worker, on any machine, decides about a delivery of the
+        incident and runs it; yields False while another's claim is live. A conditional put takes it
+        (none, or the last holder's expired), a heartbeat renews it every third of `seconds`, and it is
+        deleted (if still `owner`'s) when the block ends; a holder that dies keeps it `seconds` at most."""
+        key = {"pk": _s(f"incident#{incident_id}"), "sk": _s("claim")}
+        span = max(1000, int(seconds * 1000))
+        now = _ms()
+        try:
+            self.client.put_item(
+                TableName=self.table, Item={**key, "owner": _s(owner), "claim_until": _n(now + span),
+                                            "taken_at": _s(now_iso()),
+                                            TTL_ATTRIBUTE: _n(now / 1000 + max(seconds, 86400))},
+                ConditionExpression="attribute_not_exists(sk) OR claim_until < :now",
+                ExpressionAttributeValues={":now": _n(now)})
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            yield False
+            return
+        stop = threading.Event()
+        beat = threading.Thread(target=self._renew_claim, args=(key, owner, span, stop),
+                                name=f"claim-{incident_id}", daemon=True)
+        beat.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                self.client.delete_item(TableName=self.table, Key=key, ConditionExpression="#owner = :me",
+                                        ExpressionAttributeNames={"#owner": "owner"},
+                                        ExpressionAttributeValues={":me": _s(owner)})
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":  # expired and taken: not ours to delete
+                    raise
+
+    def _renew_claim(self, key: Item, owner: str, span: int, stop: threading.Event) -> None:
+        while not stop.wait(span / 3000):
+            try:
+                self.client.update_item(
+                    TableName=self.table, Key=key, UpdateExpression="SET claim_until = :until",
+                    ConditionExpression="#owner = :me", ExpressionAttributeNames={"#owner": "owner"},
+                    ExpressionAttributeValues={":until": _n(_ms() + span), ":me": _s(owner)})
+            except ClientError as exc:
+                if _code(exc) == "ConditionalCheckFailedException":
+                    return  # taken over after it expired: the run's own lease and lock still hold
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                continue
 
     # -- runs -----------------------------------------------------------------------------
     def _run_item(self, run: RunRecord) -> Item:

@@ -8,6 +8,7 @@ the same protocol (`runner.dynamo_journal.DynamoJournal`); `open_journal` picks 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -130,6 +131,9 @@ class Journal(Protocol):
     def add_approval(self, approval: ApprovalRecord) -> None: ...
     def approvals(self, run_id: str) -> list[ApprovalRecord]: ...
     def hold(self, run_id: str) -> AbstractContextManager[None]: ...
+    def claim_incident(self, incident_id: str, owner: str, seconds: float) -> AbstractContextManager[bool]:
+        """While held, `owner` alone decides about (and runs) a delivery of the incident; yields False
+        when another holds it. `seconds`: how long a holder that dies keeps it (a shared journal)."""
     def add_anchor(self, anchor: AnchorRecord) -> None: ...
     def anchors(self, run_id: str | None = None) -> list[AnchorRecord]: ...
     def has_run(self, run_id: str) -> bool: ...
@@ -283,6 +287,25 @@ class SqliteJournal:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    @contextmanager
+    def claim_incident(self, incident_id: str, owner: str, seconds: float) -> Iterator[bool]:
+        """An OS lock per incident in the state directory (workers sharing it: one machine), released
+        when the process ends however it ends; `owner` and `seconds` are not needed for that."""
+        folder = self.path.parent / "locks"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        name = hashlib.sha256(incident_id.encode()).hexdigest()[:32]
+        fd = os.open(folder / f"incident-{name}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:

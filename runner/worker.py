@@ -21,14 +21,14 @@ incident whose last run failed, was partially contained or was cancelled gets a 
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -38,7 +38,7 @@ from typing import Any, Literal, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from runner.awserrors import describe_client_error
-from runner.config import WorkerSection, load_config
+from runner.config import Config, WorkerSection, load_config
 from runner.errors import InputError, Problem, RefusedError, StanchError, UnknownRunError
 from runner.lifecycle import ACTIVE
 
@@ -148,7 +148,7 @@ def _finding(doc: Any, ctx: Context, stop: threading.Event | None, stream: TextI
 
     config = load_config(ctx.config_path)
     incident = settle_window(to_incident("message", doc, config, IntakeOptions()), config)
-    with incident_claim(ctx.state, incident.id) as claimed:
+    with incident_claim(ctx, config, incident.id) as claimed:
         if not claimed:  # another worker holds a delivery of this incident and will finish it
             return Handled("delete", "finding", f"duplicate: another worker is taking incident {incident.id} now",
                            incident.id)
@@ -199,26 +199,26 @@ def _after_run(outcome: Any, kind: str, incident_id: str, what: str) -> Handled:
                    status)
 
 
-@contextmanager
-def incident_claim(state: Path, incident_id: str) -> Iterator[bool]:
-    """One worker at a time decides about (and runs) an incident: an OS lock per incident in the
-    state directory, released when the process ends however it ends. Yields False if it is taken."""
-    from runner.journal import secure_state_dir
+def claim_seconds(config: Config) -> float:
+    """How long a dead worker's claim on an incident outlives it (shared journal): half the message's
+    visibility timeout, so its claim has expired when its message comes back to another worker."""
+    return max(1.0, config.worker.visibility_timeout / 2)
 
-    secure_state_dir(state)
-    folder = state / "locks"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    name = hashlib.sha256(incident_id.encode()).hexdigest()[:32]
-    fd = os.open(folder / f"incident-{name}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+
+@contextmanager
+def incident_claim(ctx: Context, config: Config, incident_id: str) -> Iterator[bool]:
+    """One worker at a time decides about (and runs) an incident: the journal's claim, an OS lock in
+    the state directory (SQLite: workers of one machine) or a conditional item in the DynamoDB table
+    (workers on any machine). Yields False if another worker holds it."""
+    from runner.journal import open_journal
+
+    journal = open_journal(ctx.state, config)
+    owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        with journal.claim_incident(incident_id, owner, claim_seconds(config)) as claimed:
+            yield claimed
     finally:
-        os.close(fd)
+        journal.close()
 
 
 def failure(exc: BaseException) -> Handled:

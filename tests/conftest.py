@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,49 @@ def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.M
 def write_json(path: Path, doc: Any) -> Path:
     path.write_text(json.dumps(doc, indent=2))
     return path
+
+
+#: the webhook secret of the tests' notifications (`webhook_secret_env` names a variable holding it)
+HOOK_SECRET = "whsec-test-0123456789abcdef"
+
+
+class Hook:
+    """A webhook receiver on 127.0.0.1 that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.received.append((dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stanch?token=hook-url-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def messages(self) -> list[dict[str, Any]]:
+        """What was sent, each signed with HOOK_SECRET (and not with another secret, nor for another body)."""
+        from runner.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+
+        out = []
+        for headers, body in self.received:
+            assert verify_signature(HOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+            assert not verify_signature("another-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+            assert not verify_signature(HOOK_SECRET, headers[TIMESTAMP_HEADER], body + b" ", headers[SIGNATURE_HEADER])
+            out.append(json.loads(body))
+        return out
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    h = Hook()
+    yield h
+    h.server.shutdown()
+    h.server.server_close()

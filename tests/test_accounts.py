@@ -14,32 +14,14 @@ import pytest
 
 from runner.aws import AwsSession, session_name
 from runner.config import load_config
-from runner.drill import attack_trail, seed
+from runner.drill import seed
 from runner.engine import RunOptions
 from runner.incident import validate_incident
 from runner.service import AwsOptions, start_run
 from tests.conftest import write_json
+from tests.members import NAMES, ROLE, SECURITY, seed_member, state_of
 
-SECURITY = "123456789012"  # moto's default account: the runner's own credentials
 MEMBER = "210987654321"
-ROLE = "stanch/StanchResponder"
-NAMES = {"user": "svc-reporting", "group": "reporting-admins", "cluster": "reports", "service": "pdf-render",
-         "image": "docker.io/xmrig/xmrig:6.21"}
-
-
-def as_account(session: boto3.Session, account: str, role: str = "seed") -> boto3.Session:
-    creds = session.client("sts").assume_role(RoleArn=f"arn:aws:iam::{account}:role/{role}",
-                                              RoleSessionName="test-seed")["Credentials"]
-    return boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
-                         aws_session_token=creds["SessionToken"], region_name="us-east-1")
-
-
-def state_of(session: boto3.Session) -> dict[str, Any]:
-    iam, ecs = session.client("iam"), session.client("ecs")
-    key = iam.list_access_keys(UserName=NAMES["user"])["AccessKeyMetadata"][0]["Status"]
-    svc = ecs.describe_services(cluster=NAMES["cluster"], services=[NAMES["service"]])["services"][0]
-    groups = [g["GroupName"] for g in iam.list_groups_for_user(UserName=NAMES["user"])["Groups"]]
-    return {"key": key, "desired": svc["desiredCount"], "groups": groups}
 
 
 def config_file(tmp_path: Path, accounts: str) -> str:
@@ -62,21 +44,11 @@ def two_accounts() -> Iterator[dict[str, Any]]:
 
 
 def _two_accounts(aws_managed: boto3.Session) -> dict[str, Any]:
-    member = as_account(aws_managed, MEMBER)
-    member.client("iam").create_role(RoleName="StanchResponder", Path="/stanch/", AssumeRolePolicyDocument=(
-        '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"sts:AssumeRole",'
-        f'"Principal":{{"AWS":"arn:aws:iam::{SECURITY}:root"}}}}]}}'))
-    seeded = seed(member, NAMES)
+    made = seed_member(aws_managed, MEMBER)
     seed(aws_managed, NAMES)  # the security account has look-alikes with the very same names
-    incident = {**seeded["incident"], "account_id": MEMBER, "id": "INC-MEMBER-1"}
-    trail = attack_trail(seeded)
-    for rec in trail.records:  # the member account's trail
-        rec["recipientAccountId"] = MEMBER
-        who = rec["userIdentity"]
-        who["accountId"] = MEMBER
-        who["arn"] = who["arn"].replace(f":{SECURITY}:", f":{MEMBER}:")
-    return {"home": aws_managed, "member": member, "incident": validate_incident("t", incident),
-            "trail": (trail.records, ["member trail (test)"])}
+    incident = {**made["incident"], "id": "INC-MEMBER-1"}
+    return {"home": aws_managed, "member": made["member"], "incident": validate_incident("t", incident),
+            "trail": (made["records"], ["member trail (test)"])}
 
 
 # runs before the containment test (file order, one worker): it plans against the live attack

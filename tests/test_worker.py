@@ -15,23 +15,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runner.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
-from tests.conftest import ROOT, TRAIL_BUCKET, MotoServer
+from tests.conftest import HOOK_SECRET, ROOT, TRAIL_BUCKET, Hook, MotoServer
 
 ACCOUNT = "123456789012"
 FINDING_TYPE = "UnauthorizedAccess:IAMUser/MaliciousIPCaller"
-HOOK_SECRET = "whsec-test-0123456789abcdef"
 STANCH = [sys.executable, "-m", "runner.cli"]
 
 
@@ -84,26 +79,28 @@ def incident_id(user: str) -> str:
     return "GD-" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
-def finding(user: str, key: str, *, count: int = 1) -> dict[str, Any]:
-    """A GuardDuty finding event about `user`'s key; a re-publication has a higher count, a later update.
-    The activity starts after the account was seeded: the other users are not inside the window (not
-    suspects every run would examine)."""
+def finding(user: str, key: str, *, count: int = 1, account: str = ACCOUNT,
+            first_seen: str | None = None) -> dict[str, Any]:
+    """A GuardDuty finding event about `user`'s key in `account`; a re-publication has a higher count, a
+    later update. The activity starts after the account was seeded (or at `first_seen`): the other users
+    are not inside the window (not suspects every run would examine)."""
     now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    seen = first_seen or now.isoformat().replace("+00:00", "Z")
     fid = hashlib.sha256(user.encode()).hexdigest()[:32]
     detail = {
-        "schemaVersion": "2.0", "accountId": ACCOUNT, "region": "us-east-1", "partition": "aws", "id": fid,
-        "arn": f"arn:aws:guardduty:us-east-1:{ACCOUNT}:detector/d0c1/finding/{fid}", "type": FINDING_TYPE,
+        "schemaVersion": "2.0", "accountId": account, "region": "us-east-1", "partition": "aws", "id": fid,
+        "arn": f"arn:aws:guardduty:us-east-1:{account}:detector/d0c1/finding/{fid}", "type": FINDING_TYPE,
         "resource": {"resourceType": "AccessKey", "accessKeyDetails": {
             "accessKeyId": key, "principalId": "AIDA" + fid[:16].upper(), "userType": "IAMUser", "userName": user}},
         "service": {"serviceName": "guardduty", "detectorId": "d0c1", "archived": False, "count": count,
-                    "eventFirstSeen": now.isoformat().replace("+00:00", "Z"),
+                    "eventFirstSeen": seen,
                     "eventLastSeen": now.isoformat().replace("+00:00", "Z")},
         "severity": 8, "title": f"API called from a known malicious IP by {user}",
         "createdAt": now.isoformat().replace("+00:00", "Z"),
         "updatedAt": (now + timedelta(seconds=count)).isoformat().replace("+00:00", "Z"),
     }
     return {"version": "0", "id": f"evt-{fid[:8]}-{count}", "detail-type": "GuardDuty Finding",
-            "source": "aws.guardduty", "account": ACCOUNT, "time": detail["updatedAt"], "region": "us-east-1",
+            "source": "aws.guardduty", "account": account, "time": detail["updatedAt"], "region": "us-east-1",
             "resources": [], "detail": detail}
 
 
@@ -128,11 +125,11 @@ def security_hub_copy(event: dict[str, Any]) -> dict[str, Any]:
             "resources": [asff["Id"]], "detail": {"findings": [asff]}}
 
 
-def queues(moto: MotoServer, max_receives: int = 2) -> tuple[str, str]:
+def queues(moto: MotoServer, max_receives: int = 2, name: str = "findings") -> tuple[str, str]:
     sqs = moto.client("sqs")
-    dlq = sqs.create_queue(QueueName="findings-dlq")["QueueUrl"]
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    main = sqs.create_queue(QueueName="findings", Attributes={"RedrivePolicy": json.dumps(
+    main = sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": json.dumps(
         {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)})})["QueueUrl"]
     return main, dlq
 
@@ -329,45 +326,6 @@ def test_sigterm_finishes_the_change_in_flight_and_another_worker_finishes_the_r
 
 
 # ------------------------------------------------------------------ approval from anywhere
-
-class Hook:
-    """A webhook receiver on 127.0.0.1 that keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.received.append((dict(self.headers.items()), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stanch?token=hook-url-token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def messages(self) -> list[dict[str, Any]]:
-        out = []
-        for headers, body in self.received:
-            assert verify_signature(HOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
-            assert not verify_signature("another-secret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
-            assert not verify_signature(HOOK_SECRET, headers[TIMESTAMP_HEADER], body + b" ", headers[SIGNATURE_HEADER])
-            out.append(json.loads(body))
-        return out
-
-
-@pytest.fixture
-def hook() -> Iterator[Hook]:
-    h = Hook()
-    yield h
-    h.server.shutdown()
-    h.server.server_close()
-
 
 def test_a_gated_run_notifies_its_plan_and_an_approval_from_another_process_resumes_it_through_the_queue(
         moto_server: MotoServer, tmp_path: Path, hook: Hook) -> None:
