@@ -9,6 +9,9 @@ table, not containment). Nothing in stanch knows about this module.
 
 STALLPOINT_IGNORE=sqs,sns lets those services' calls pass uncounted (a worker's queue calls);
 STALLPOINT_SLEEP=S holds each write S seconds instead of forever (a SIGTERM then lands mid-apply).
+STALLPOINT_BEFORE=OPERATION (e.g. AssumeRole) is a gate instead: the first call of that operation
+writes MARKER and waits, before it is sent, until the test creates MARKER.go (two minutes at most);
+give N a large value then, so no write stalls.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,18 @@ def install(after_writes: int, marker: Path) -> None:
     writes = 0
     ignored = {s for s in os.environ.get("STALLPOINT_IGNORE", "").split(",") if s}
     sleep = float(os.environ.get("STALLPOINT_SLEEP") or 0)
+    gate = os.environ.get("STALLPOINT_BEFORE", "")
+    gated = threading.Event()
 
     def make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
         nonlocal writes
+        if operation_name == gate and not gated.is_set():
+            gated.set()
+            marker.write_text(f"waiting before {operation_name}\n")
+            go = marker.with_name(marker.name + ".go")
+            deadline = time.monotonic() + 120
+            while not go.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
         result = original(self, operation_name, api_params)
         if self.meta.service_model.service_name in ignored:
             return result

@@ -79,14 +79,14 @@ def incident_id(user: str) -> str:
     return "GD-" + hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
-def finding(user: str, key: str, *, count: int = 1, account: str = ACCOUNT,
-            first_seen: str | None = None) -> dict[str, Any]:
+def finding(user: str, key: str, *, count: int = 1, account: str = ACCOUNT, first_seen: str | None = None,
+            finding_id: str | None = None) -> dict[str, Any]:
     """A GuardDuty finding event about `user`'s key in `account`; a re-publication has a higher count, a
     later update. The activity starts after the account was seeded (or at `first_seen`): the other users
     are not inside the window (not suspects every run would examine)."""
     now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     seen = first_seen or now.isoformat().replace("+00:00", "Z")
-    fid = hashlib.sha256(user.encode()).hexdigest()[:32]
+    fid = finding_id or hashlib.sha256(user.encode()).hexdigest()[:32]
     detail = {
         "schemaVersion": "2.0", "accountId": account, "region": "us-east-1", "partition": "aws", "id": fid,
         "arn": f"arn:aws:guardduty:us-east-1:{account}:detector/d0c1/finding/{fid}", "type": FINDING_TYPE,
