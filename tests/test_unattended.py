@@ -254,14 +254,16 @@ def test_the_same_finding_on_two_machines_at_once_starts_one_run(world: World, t
         assert p.returncode == 0 and "Traceback" not in outs[n][1], outs[n][1][-3000:]
     handled = [m for n in range(2) for m in json.loads(outs[n][0])["messages"]]
     assert len(handled) == 2 and {m["fate"] for m in handled} == {"delete"}, handled
+    incident_id = handled[0]["incident_id"]
+    runs = [sk for sk in incident_items(world, incident_id) if sk.startswith("run#")]
+    assert len(runs) == 1, [(m["run_id"], m["reason"]) for m in handled]
     [ran] = [m for m in handled if m.get("run_id")]
     [refused] = [m for m in handled if not m.get("run_id")]
     assert ran["status"] == "contained"
     assert refused["reason"] == f"duplicate: another worker is taking incident {ran['incident_id']} now"
     assert len(waiting) == 1  # the other never got as far as the member account
-    runs = [sk for sk in incident_items(world, ran["incident_id"]) if sk.startswith("run#")]
-    assert runs == [sk for sk in runs if sk.endswith(ran["run_id"])] and len(runs) == 1
-    assert "claim" not in incident_items(world, ran["incident_id"])
+    assert runs[0].endswith(f"#{ran['run_id']}") and ran["incident_id"] == incident_id
+    assert "claim" not in incident_items(world, incident_id)
     assert state_of(made["member"])["key"] == "Inactive" and state_of(made["member"])["desired"] == 0
     assert state_of(world.home) == UNTOUCHED
     assert depth(moto, main) == 0 and depth(moto, dlq) == 0
