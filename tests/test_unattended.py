@@ -268,3 +268,38 @@ def test_the_same_finding_on_two_machines_at_once_starts_one_run(world: World, t
     assert state_of(world.home) == UNTOUCHED
     assert depth(moto, main) == 0 and depth(moto, dlq) == 0
     no_local_journal(*states)
+
+
+def test_an_incident_claim_is_one_holders_lapses_when_its_holder_dies_and_sqlite_keeps_a_file_lock(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.dynamo_journal import DynamoJournal, table_client
+    from runner.journal import SqliteJournal
+
+    client = table_client("us-east-1")
+    a, b = DynamoJournal(TABLE, client=client), DynamoJournal(TABLE, client=client)
+    with a.claim_incident("INC-claim", "host-a/1/x", 1) as first:
+        time.sleep(1.3)  # renewed by its heartbeat past `seconds`
+        with b.claim_incident("INC-claim", "host-b/2/y", 1) as second:
+            assert (first, second) == (True, False)
+    with b.claim_incident("INC-claim", "host-b/2/y", 1) as again:
+        assert again  # released when the block ended
+    monkeypatch.setattr(a, "_renew_claim", lambda *args: None)  # a holder that dies (no heartbeat, no release)
+    dead = a.claim_incident("INC-claim", "host-a/1/x", 1)
+    assert dead.__enter__()
+    with b.claim_incident("INC-claim", "host-b/2/y", 1) as early:
+        assert not early
+    time.sleep(1.1)
+    with b.claim_incident("INC-claim", "host-b/2/y", 30) as late:
+        assert late
+        dead.__exit__(None, None, None)  # the dead holder's late release leaves the new claim alone
+        held = incident_items(world, "INC-claim")["claim"]
+        assert held["owner"]["S"] == "host-b/2/y"
+    assert "claim" not in incident_items(world, "INC-claim")
+
+    one, other = SqliteJournal(tmp_path / "m"), SqliteJournal(tmp_path / "m")
+    with one.claim_incident("INC-claim", "", 1) as mine, other.claim_incident("INC-claim", "", 1) as theirs:
+        assert (mine, theirs) == (True, False)
+    with other.claim_incident("INC-claim", "", 1) as free:
+        assert free
+    one.close()
+    other.close()
