@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -187,8 +187,11 @@ def secure_state_dir(state: Path) -> None:
             path.chmod(mode & wanted)
             sys.stderr.write(f"stanch: warning: {path} was open to other users ({oct(mode)}); tightened to "
                              f"{oct(mode & wanted)}\n")
-    fd = os.open(state / "journal.sqlite3", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    os.close(fd)  # SQLite gives its -wal and -shm files the database file's mode
+    # SQLite gives its -wal and -shm files the database file's mode. Created only when missing: closing
+    # a descriptor of the database file drops every POSIX lock this process's SQLite connections hold
+    # on it (another process could then write under them: a corrupt journal)
+    with suppress(FileExistsError):
+        os.close(os.open(state / "journal.sqlite3", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
 
 
 def journal_settings(config: Config | None = None) -> JournalSection:
