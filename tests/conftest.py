@@ -83,6 +83,38 @@ def _parse_service_models_once() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _build_client_classes_once() -> Iterator[None]:
+    """botocore builds a new client class (a method per operation: ec2 has about 600) for every client.
+    A run searching every region makes ~100 clients of a few services: build each service's class
+    once per boto3 session (same session, same event handlers, so the same class); a quarter of a
+    run's CPU in the tests."""
+    import threading
+    import weakref
+
+    import botocore.client
+
+    lock = threading.Lock()
+    classes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], type]] = weakref.WeakKeyDictionary()
+    original = botocore.client.ClientCreator._create_client_class
+
+    def create_client_class(self: botocore.client.ClientCreator, service_name: str, service_model: Any) -> type:
+        key = (service_name, service_model.api_version)
+        with lock:
+            cls = classes.setdefault(self._event_emitter, {}).get(key)
+        if cls is None:
+            cls = original(self, service_name, service_model)
+            with lock:
+                classes[self._event_emitter][key] = cls
+        return cls
+
+    botocore.client.ClientCreator._create_client_class = create_client_class
+    try:
+        yield
+    finally:
+        botocore.client.ClientCreator._create_client_class = original
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _few_managed_policies() -> None:
     """Where a test asks moto for AWS-managed policies, it gets AdministratorAccess and a few broad
     decoys instead of all ~1,600 (parsed again on every reset: about a second per test)."""
