@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.motoserver import TEST_MANAGED_POLICIES, only_managed_policies
 from tests.motoserver import start as start_moto_server
@@ -24,6 +25,13 @@ from tests.motoserver import stop as stop_moto_server
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLE_INCIDENT = ROOT / "tests" / "data" / "incident-cryptojacking.json"
+
+# property tests that set no max_examples of their own take the profile's: a few dozen examples in the
+# suite (hypothesis replays any failure it found from its database first), hundreds with
+# HYPOTHESIS_PROFILE=thorough; bench/fuzz.py runs thousands
+settings.register_profile("suite", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 _HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG")
 
