@@ -201,6 +201,17 @@ def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch
     return moto_server_process
 
 
+@pytest.fixture(scope="session")
+def dry_run_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`stanch drill --dry-run` run once, its output read by the tests that only look at it (mark them
+    `xdist_group("dry-run-drill")` so they share a worker and so this run)."""
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    return CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path_factory.mktemp("drill"))])
+
+
 #: the organization trail's bucket in test accounts (see publish_trail)
 TRAIL_BUCKET = "org-cloudtrail-test"
 
