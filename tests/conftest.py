@@ -91,35 +91,45 @@ def _parse_service_models_once() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _build_client_classes_once() -> Iterator[None]:
-    """botocore builds a new client class (a method per operation: ec2 has about 600) for every client.
-    A run searching every region makes ~100 clients of a few services: build each service's class
-    once per boto3 session (same session, same event handlers, so the same class); a quarter of a
-    run's CPU in the tests."""
+def _build_clients_from_shared_parts() -> Iterator[None]:
+    """botocore builds a new service model and a new client class (a method per operation: ec2 has
+    about 600) for every client, and walks every operation for endpoint discovery. A run searching
+    every region makes ~100 clients of a few services: share each service's model between clients
+    (read-only; same loader, same model) and build its class once per boto3 session (same event
+    handlers, same class). About half of a run's CPU in the tests."""
     import threading
     import weakref
 
     import botocore.client
 
     lock = threading.Lock()
+    models: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]] = weakref.WeakKeyDictionary()
     classes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], type]] = weakref.WeakKeyDictionary()
-    original = botocore.client.ClientCreator._create_client_class
+    creator = botocore.client.ClientCreator
+    load_model, create_class = creator._load_service_model, creator._create_client_class
 
-    def create_client_class(self: botocore.client.ClientCreator, service_name: str, service_model: Any) -> type:
-        key = (service_name, service_model.api_version)
+    def shared(cache: weakref.WeakKeyDictionary[Any, dict[Any, Any]], owner: Any, key: Any, make: Any) -> Any:
         with lock:
-            cls = classes.setdefault(self._event_emitter, {}).get(key)
-        if cls is None:
-            cls = original(self, service_name, service_model)
+            found = cache.setdefault(owner, {}).get(key)
+        if found is None:
+            found = make()
             with lock:
-                classes[self._event_emitter][key] = cls
-        return cls
+                cache[owner][key] = found
+        return found
 
-    botocore.client.ClientCreator._create_client_class = create_client_class
+    def load_service_model(self: Any, service_name: str, api_version: str | None = None) -> Any:
+        return shared(models, self._loader, (service_name, api_version),
+                      lambda: load_model(self, service_name, api_version))
+
+    def create_client_class(self: Any, service_name: str, service_model: Any) -> type:
+        return shared(classes, self._event_emitter, (service_name, service_model.api_version),
+                      lambda: create_class(self, service_name, service_model))
+
+    creator._load_service_model, creator._create_client_class = load_service_model, create_client_class
     try:
         yield
     finally:
-        botocore.client.ClientCreator._create_client_class = original
+        creator._load_service_model, creator._create_client_class = load_model, create_class
 
 
 @pytest.fixture(scope="session", autouse=True)
