@@ -46,6 +46,27 @@ def _fake_credentials(mp: pytest.MonkeyPatch) -> None:
     mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each `xdist_group` on one worker. pytest-xdist's loadgroup groups the node ids a worker
+    collected by an `@group` suffix, which it writes to `item._nodeid`; pytest 9.2 keeps the node id
+    in `item._id` instead, so the suffix never appeared, every group was split across workers and
+    their module-scoped fixtures (one recorded containment) ran once per worker. Write the suffix
+    where this pytest reads it; nothing to do where xdist's own suffix shows."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest, where xdist's suffix works
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix) and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(item.nodeid + suffix)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fake_aws_env_for_the_session() -> Iterator[None]:
     """Fake credentials before any fixture runs, module-scoped ones included."""
