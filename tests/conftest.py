@@ -227,9 +227,24 @@ def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch
     moto_server_process.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_process.url)
     config = tmp_path_factory.mktemp("config") / "two-regions.toml"
-    config.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
+    config.write_text(TWO_REGIONS + "\n" + TRAIL_CONFIG)
     monkeypatch.setenv("STANCH_CONFIG", str(config))
     return moto_server_process
+
+
+#: what a test's runs search when the region search is not its subject: the home region and one more.
+#: Searching every region moto knows (~25) costs a run about a second of CPU; the all-region search
+#: has its own tests (tests/test_regions.py, the drill), and most modules still search them all
+TWO_REGIONS = '[aws]\nregions = ["us-east-1", "eu-west-1"]\n'
+
+
+@pytest.fixture
+def two_regions(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs without a --config of their own search two regions (STANCH_CONFIG); the config's path."""
+    config = tmp_path_factory.mktemp("config") / "two-regions.toml"
+    config.write_text(TWO_REGIONS)
+    monkeypatch.setenv("STANCH_CONFIG", str(config))
+    return config
 
 
 @pytest.fixture(scope="session")
@@ -264,12 +279,14 @@ def publish_trail(session: Any, seeded: dict[str, Any], extra: list[dict[str, An
 TRAIL_CONFIG = f'[intake]\ncloudtrail_s3_uri = "s3://{TRAIL_BUCKET}/AWSLogs/"\n'
 
 
-def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                     two_regions: bool = False) -> None:
     """Publish the seeded attack's CloudTrail to the trail bucket and point this test's runs at it
-    (STANCH_CONFIG), as an account with an organization trail would be set up."""
+    (STANCH_CONFIG), as an account with an organization trail would be set up; `two_regions`: the
+    runs search two regions (TWO_REGIONS), not every one."""
     publish_trail(session, seeded)
     config = tmp_path / "trail-config.toml"
-    config.write_text(TRAIL_CONFIG)
+    config.write_text((TWO_REGIONS + "\n" if two_regions else "") + TRAIL_CONFIG)
     monkeypatch.setenv("STANCH_CONFIG", str(config))
 
 

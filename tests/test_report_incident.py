@@ -32,7 +32,7 @@ def cli(*args: str) -> Any:
 def live(session: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Seed the account, pause a run at its gate and cancel it, then pause a second run."""
     data = seed(session, NAMES)
-    use_attack_trail(session, data, monkeypatch, tmp_path)
+    use_attack_trail(session, data, monkeypatch, tmp_path, two_regions=True)  # runs and reports, not regions
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", data["incident"])
     ecs = session.client("ecs")
