@@ -1,9 +1,11 @@
 """Attacker compute beyond ECS.
 
 EC2 instances in every searched region are in scope when the attacker's credentials launched them
-(a RunInstances record in `scope.attacker_events`) or when their user data or image names a miner
-(config `discovery.miner_patterns`). Evidence is captured first (description, a hash of the user
-data, never its text, volumes, network interfaces, console output), then the instances are stopped
+(a RunInstances record in `scope.attacker_events`, or a spot request or fleet the attacker created;
+see actions/ec2_spot.py), when an Auto Scaling group the attacker created holds them, or when their
+user data or image names a miner (config `discovery.miner_patterns`). Evidence is captured first
+(description, a hash of the user data, never its text, volumes, network interfaces, console output),
+then the instances are stopped
 (a gated step; never terminated in containment). Lambda functions, Batch compute environments,
 SageMaker and EKS resources the attacker created are listed, with a manual action, so nothing is silent.
 """
@@ -21,11 +23,14 @@ from botocore.exceptions import ClientError
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.common import Ref, is_code, iso, paginate, tolerant_call
+from actions.ec2_spot import SpotRef, describe, redact_user_data
 from actions.evidence import Bundle, write_manifest
 from actions.registry import register
 from runner.regions import scan_regions, search_regions
 
 LIVE = ("pending", "running")
+#: the tag EC2 Auto Scaling puts on the instances it launches
+ASG_TAG = "aws:autoscaling:groupName"
 GONE = ("InvalidInstanceID.NotFound", "IncorrectInstanceState")
 
 #: CloudTrail creations of compute this playbook does not contain, and what a person should do
@@ -92,20 +97,28 @@ class DiscoverInstances(Action[DiscoverParams]):
     """Find attacker EC2 instances in every searched region, and list other attacker compute."""
 
     name = "ec2.discover-instances"
-    summary = "Find EC2 instances the attacker launched or that run a miner, in every region (read-only)"
+    summary = ("Find EC2 instances, spot requests and fleets the attacker launched or that run a miner, in every "
+               "region (read-only)")
     params_model = DiscoverParams
     permissions = ("ec2:DescribeInstances", "ec2:DescribeInstanceAttribute", "ec2:DescribeImages",
-                   "ec2:DescribeRegions", "account:ListRegions")
+                   "ec2:DescribeRegions", "account:ListRegions", "ec2:DescribeSpotInstanceRequests",
+                   "ec2:DescribeSpotFleetRequests", "ec2:DescribeSpotFleetInstances", "ec2:DescribeFleets",
+                   "ec2:DescribeFleetInstances", "ec2:DescribeLaunchTemplateVersions")
     risk = "read-only"
     publishes = "compute"
 
     def plan(self, ctx: ActionContext, params: DiscoverParams) -> Plan:
+        from actions.autoscaling import attacker_groups
+        from actions.ec2_spot import SpotScan
+
         patterns = [*ctx.incident.indicators.images, *ctx.config.discovery.miner_patterns]
         launched = _launched_by_attacker(params.attacker_events)
+        groups = attacker_groups(params.attacker_events)
 
-        def scan(region: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def scan(region: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
             ec2 = ctx.aws.client("ec2", region)
-            found, left = [], []
+            spot = SpotScan(ec2, region, ctx.incident.account_id, params.attacker_events, patterns).run()
+            found, left = [], list(spot.left)
             instances = [i for r in paginate(ec2, "describe_instances", "Reservations",
                                              Filters=[{"Name": "instance-state-name", "Values": list(LIVE)}])
                          for i in r.get("Instances", [])]
@@ -117,6 +130,11 @@ class DiscoverInstances(Action[DiscoverParams]):
             for inst in instances:
                 iid = inst["InstanceId"]
                 reasons = [launched[iid]] if iid in launched else []
+                if iid in spot.instances:
+                    reasons.append(spot.instances[iid])
+                group = next((t["Value"] for t in inst.get("Tags") or [] if t.get("Key") == ASG_TAG), None)
+                if group and (region, group) in groups:
+                    reasons.append(f"member of Auto Scaling group {group}, {groups[(region, group)]}")
                 raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData").get("UserData", {})
                 user_data = _decode(raw.get("Value", "")) if raw.get("Value") else ""
                 if user_data and (hit := mentions_miner(user_data, patterns)):
@@ -126,24 +144,38 @@ class DiscoverInstances(Action[DiscoverParams]):
                                    f"pattern {hit}")
                 item = {"id": iid, "region": region, "type": inst.get("InstanceType"),
                         "launched": iso(inst.get("LaunchTime")), "image": inst.get("ImageId"),
-                        "label": f"{iid} ({inst.get('InstanceType')}, {region})"}
+                        "label": f"{iid} ({inst.get('InstanceType')}, {region})",
+                        **({"auto_scaling_group": group} if group else {})}
                 if reasons:
                     found.append({**item, "reason": "; ".join(reasons)})
                 else:
                     left.append({"kind": "ec2_instance", "name": iid, "arn": _arn(ctx, region, iid),
                                  "reason": "not launched by the attacker's credentials and neither its user data "
                                            "nor its image names a miner"})
-            return found, left
+            return found, left, spot.found
 
         instances: list[dict[str, Any]] = []
         left: list[dict[str, Any]] = []
-        for found, lo in scan_regions(ctx, "ec2", scan, search_regions(ctx)):
+        requests: list[dict[str, Any]] = []
+        for found, lo, sp in scan_regions(ctx, "ec2", scan, search_regions(ctx)):
             instances += found
             left += lo
+            requests += sp
         others = _not_contained(params.attacker_events)
         manual = [f"{o['instructions']} (region {o['region']}; created {o['created']}; CloudTrail {o['event_id']}). "
                   "This playbook does not contain it." for o in others]
-        return Plan(outputs={"ec2_instances": instances, "not_contained": others, "excluded": left}, manual=manual)
+        held: dict[tuple[str, str], list[str]] = {}
+        for i in instances:
+            if i.get("auto_scaling_group"):
+                held.setdefault((i["region"], i["auto_scaling_group"]), []).append(i["id"])
+        asgs = [{"name": name, "region": region, "instances": ids, "attacker_created": (region, name) in groups,
+                 "label": f"{name} ({region})",
+                 "reason": (f"{groups[(region, name)]}: launches suspended, scaled to 0" if (region, name) in groups
+                            else "not created by the attacker but holds in-scope instances (hijacked): launches "
+                                 "suspended, not scaled down")}
+                for (region, name), ids in sorted(held.items())]
+        return Plan(outputs={"ec2_instances": instances, "spot_requests": requests, "auto_scaling_groups": asgs,
+                             "not_contained": others, "excluded": left}, manual=manual)
 
 
 def _not_contained(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,27 +202,37 @@ class InstancesParams(Params):
     instances: list[InstanceRef]
 
 
+class EvidenceParams(InstancesParams):
+    #: in-scope spot requests and fleets (compute.spot_requests): their descriptions are kept too
+    spot_requests: list[SpotRef] = []
+
+
 @register
-class CaptureInstanceEvidence(Action[InstancesParams]):
-    """Snapshot-free evidence of in-scope instances, written to its own hashed bundle next to the run's."""
+class CaptureInstanceEvidence(Action[EvidenceParams]):
+    """Snapshot-free evidence of in-scope instances, spot requests and fleets, written to its own
+    hashed bundle next to the run's."""
 
     name = "ec2.capture-instance-evidence"
-    summary = "Capture EC2 instance evidence (description, user data hash, volumes, ENIs, console output)"
-    params_model = InstancesParams
+    summary = ("Capture EC2 instance evidence (description, user data hash, volumes, ENIs, console output) and "
+               "the spot requests and fleets in scope")
+    params_model = EvidenceParams
     permissions = ("ec2:DescribeInstances", "ec2:DescribeInstanceAttribute", "ec2:DescribeVolumes",
-                   "ec2:DescribeNetworkInterfaces", "ec2:GetConsoleOutput")
+                   "ec2:DescribeNetworkInterfaces", "ec2:GetConsoleOutput", "ec2:DescribeSpotInstanceRequests",
+                   "ec2:DescribeSpotFleetRequests", "ec2:DescribeFleets")
     risk = "reversible"  # local files only
 
-    def plan(self, ctx: ActionContext, params: InstancesParams) -> Plan:
-        if not params.instances or ctx.evidence_dir is None:
+    def plan(self, ctx: ActionContext, params: EvidenceParams) -> Plan:
+        if not (params.instances or params.spot_requests) or ctx.evidence_dir is None:
             return Plan()
         root = ctx.evidence_dir.parent / f"{ctx.evidence_dir.name}-ec2"
         if ctx.aws.dry_run:
-            return Plan(notes=[f"dry run: evidence of {len(params.instances)} instance(s) would be written to {root}"])
+            return Plan(notes=[f"dry run: evidence of {len(params.instances)} instance(s) and "
+                               f"{len(params.spot_requests)} spot request(s)/fleet(s) would be written to {root}"])
         if not (root / "manifest.json").exists():
             bundle = Bundle(root)
             started = iso(datetime.now().astimezone())
             ctx.fanout(lambda ref: _capture(ctx, ref, bundle), params.instances)
+            ctx.fanout(lambda ref: _capture_request(ctx, ref, bundle), params.spot_requests)
             write_manifest(root, {"schema": "stanch.evidence/v1", "run_id": ctx.run_id, "incident_id": ctx.incident.id,
                                   "account_id": ctx.incident.account_id, "started_at": started,
                                   "files": dict(sorted(bundle.files.items())), "gaps": bundle.gaps})
@@ -225,6 +267,15 @@ def _capture(ctx: ActionContext, ref: InstanceRef, bundle: Bundle) -> None:
         doc["console_output"] = None
         bundle.gap(f"{ref.id} console output", str(exc.response.get("Error", {}).get("Code")))
     bundle.write(f"ec2/{ref.region}/{ref.id}.json", doc)
+
+
+def _capture_request(ctx: ActionContext, ref: SpotRef, bundle: Bundle) -> None:
+    found = describe(ctx.aws.client("ec2", ref.region), ref)
+    if found is None:
+        bundle.gap(ref.id, f"{ref.kind.replace('_', ' ')} no longer exists")
+        return
+    # launch specifications carry user data: only its hash and size are kept
+    bundle.write(f"ec2/{ref.region}/{ref.kind}/{ref.id}.json", {ref.kind: redact_user_data(found)})
 
 
 @register

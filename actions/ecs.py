@@ -118,6 +118,12 @@ class ScaleServicesToZero(Action[ScaleParams]):
         call = ecs.update_task_set if change.operation == "ecs:UpdateTaskSet" else ecs.update_service
         return tolerant_call(call, change.params, "TaskSetNotFoundException", *GONE)
 
+    def narrow(self, params: ScaleParams, changes: Sequence[Change]) -> ScaleParams:
+        changed = {(c.target.split(":")[3], c.params["cluster"], c.params["service"]) for c in changes}
+        return params.model_copy(update={"services": [
+            r for r in params.services
+            if any((cl, n) == (r.cluster, r.name) and (not r.region or rg == r.region) for rg, cl, n in changed)]})
+
 
 def _rolled_back(ecs: Any, now: str, was: str) -> bool:
     """True when a service moved from revision `was` to an older revision `now` of the same family."""

@@ -166,6 +166,8 @@ class CaptureEvidence(Action[EvidenceParams]):
         "ecs:DescribeTaskDefinition", "ecs:DescribeTasks", "cloudtrail:LookupEvents",
         "s3:PutObject", "s3:PutObjectRetention", "s3:GetObject",  # GetObject covers HeadObject
     )
+    #: the write-once copy goes to the runner's own evidence bucket, whichever account the incident is in
+    permission_paths = {"s3:PutObject": "runner", "s3:PutObjectRetention": "runner", "s3:GetObject": "runner"}
     risk = "reversible"  # local files; the optional S3 upload only adds write-once objects
 
     def plan(self, ctx: ActionContext, params: EvidenceParams) -> Plan:
@@ -186,7 +188,7 @@ class CaptureEvidence(Action[EvidenceParams]):
         cfg = ctx.config.evidence
         if not cfg.s3_bucket:
             return []
-        s3 = ctx.aws.client("s3")
+        s3 = ctx.aws.home.client("s3")  # the runner's own account's bucket, also for a member account's incident
         prefix = f"{cfg.s3_prefix.strip('/')}/{ctx.incident.id}/{ctx.run_id}"
         changes = []
         entries = [*manifest["files"].items(), (MANIFEST, {"sha256": sha256_file(root / MANIFEST),
@@ -218,7 +220,7 @@ class CaptureEvidence(Action[EvidenceParams]):
             extra = {"ObjectLockMode": cfg.object_lock_mode,
                      "ObjectLockRetainUntilDate": datetime.now(UTC) + timedelta(days=cfg.retention_days)}
         try:
-            ctx.aws.client("s3").put_object(
+            ctx.aws.home.client("s3").put_object(
                 Bucket=change.params["Bucket"], Key=change.params["Key"], Body=body, IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=base64.b64encode(digest).decode(), **extra)
         except ClientError as exc:
@@ -237,7 +239,7 @@ def capture(ctx: ActionContext, scope: dict[str, Any], bundle: Bundle) -> None:
     bundle.write("scope.json", scope)  # read before any change was made
     iam = ctx.aws.client("iam")
     jobs: list[tuple[str, Callable[[], None]]] = [
-        ("iam:users", lambda: _users(iam, scope, bundle)),
+        ("iam:users", lambda: _users(ctx, iam, scope, bundle)),
         ("iam:groups-and-roles", lambda: _groups_and_roles(iam, scope, bundle)),
         ("ecs", lambda: _ecs(ctx, scope, bundle)),
         ("cloudtrail", lambda: _cloudtrail(ctx, scope, bundle)),
@@ -301,22 +303,27 @@ def _policies(iam: Any, kind: str, name: str) -> dict[str, Any]:
     }
 
 
-def _users(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
-    """Users in scope. Login profile, MFA devices and groups were read by discovery before any change
-    and are kept as `state_before_containment`; re-reading them here would race with containment."""
-    for u in scope.get("users", []):
+def _users(ctx: ActionContext, iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
+    """Users in scope, side by side. Login profile, MFA devices and groups were read by discovery before
+    any change and are kept as `state_before_containment`; re-reading them here would race with containment."""
+
+    def one(u: dict[str, Any]) -> None:
         name = u["name"]
         user = _safe(iam.get_user, "User", UserName=name)
         if user is None:
             bundle.gap(f"iam:user/{name}", "the user no longer exists")
-            continue
-        keys = []
-        for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
+            return
+
+        def with_last_use(k: dict[str, Any]) -> dict[str, Any]:
             last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"])
-            keys.append({**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")})
+            return {**k, "LastUsed": (last or {}).get("AccessKeyLastUsed")}
+
+        keys = ctx.fanout(with_last_use, list(paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name)))
         bundle.write(f"iam/users/{name}.json", {
             "user": user, "access_keys": keys, **_policies(iam, "user", name), "state_before_containment": u,
         })
+
+    ctx.fanout(one, scope.get("users", []))
 
 
 def _groups_and_roles(iam: Any, scope: dict[str, Any], bundle: Bundle) -> None:
@@ -469,27 +476,41 @@ class RecordPosture(Action[PostureParams]):
 def _posture(ctx: ActionContext, bundle: Bundle) -> None:
     """Facts for the report's hardening section: MFA, key age and use, admin holders, monitoring."""
     iam = ctx.aws.client("iam")
-    users = []
-    for u in paginate(iam, "list_users", "Users"):
+
+    def key_facts(k: dict[str, Any]) -> dict[str, Any]:
+        last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"]) or {}
+        return {"id": k["AccessKeyId"], "status": k["Status"], "created": iso(k.get("CreateDate")),
+                "last_used": iso(last.get("AccessKeyLastUsed", {}).get("LastUsedDate"))}
+
+    def user_facts(u: dict[str, Any]) -> dict[str, Any]:
         name = u["UserName"]
-        keys = []
-        for k in paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name):
-            last = _safe(iam.get_access_key_last_used, AccessKeyId=k["AccessKeyId"]) or {}
-            keys.append({"id": k["AccessKeyId"], "status": k["Status"], "created": iso(k.get("CreateDate")),
-                         "last_used": iso(last.get("AccessKeyLastUsed", {}).get("LastUsedDate"))})
-        users.append({"name": name, "created": iso(u.get("CreateDate")), "keys": keys,
-                      "mfa": bool(list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=name)))})
-    admins: dict[str, list[str]] = {"users": [], "groups": [], "roles": []}
-    for arn in ctx.config.discovery.admin_policy_arns:
-        ents = _safe(iam.list_entities_for_policy, PolicyArn=arn) or {}
-        admins["users"] += [e["UserName"] for e in ents.get("PolicyUsers", [])]
-        admins["groups"] += [e["GroupName"] for e in ents.get("PolicyGroups", [])]
-        admins["roles"] += [e["RoleName"] for e in ents.get("PolicyRoles", [])]
-    rules = []
-    try:
-        rules = [{"name": r.get("Name"), "state": r.get("State"), "pattern": r.get("EventPattern")}
-                 for r in paginate(ctx.aws.client("events"), "list_rules", "Rules")]
-    except ClientError as exc:
-        bundle.gap("events:ListRules", str(exc)[:300])
+        reads: list[Callable[[], Any]] = [
+            lambda: list(paginate(iam, "list_access_keys", "AccessKeyMetadata", UserName=name)),
+            lambda: bool(list(paginate(iam, "list_mfa_devices", "MFADevices", UserName=name)))]
+        metas, mfa = ctx.fanout(lambda read: read(), reads)
+        return {"name": name, "created": iso(u.get("CreateDate")), "keys": ctx.fanout(key_facts, metas), "mfa": mfa}
+
+    def admin_holders() -> dict[str, list[str]]:
+        admins: dict[str, list[str]] = {"users": [], "groups": [], "roles": []}
+        for arn in ctx.config.discovery.admin_policy_arns:
+            ents = _safe(iam.list_entities_for_policy, PolicyArn=arn) or {}
+            admins["users"] += [e["UserName"] for e in ents.get("PolicyUsers", [])]
+            admins["groups"] += [e["GroupName"] for e in ents.get("PolicyGroups", [])]
+            admins["roles"] += [e["RoleName"] for e in ents.get("PolicyRoles", [])]
+        return admins
+
+    def eventbridge_rules() -> list[dict[str, Any]]:
+        try:
+            return [{"name": r.get("Name"), "state": r.get("State"), "pattern": r.get("EventPattern")}
+                    for r in paginate(ctx.aws.client("events"), "list_rules", "Rules")]
+        except ClientError as exc:
+            bundle.gap("events:ListRules", str(exc)[:300])
+            return []
+
+    # every user (and each of their keys), the admin holders and the rules, read side by side
+    admins_read = ctx.fanout_pool.submit(admin_holders)
+    rules_read = ctx.fanout_pool.submit(eventbridge_rules)
+    users = ctx.fanout(user_facts, list(paginate(iam, "list_users", "Users")))
+    admins, rules = admins_read.result(), rules_read.result()
     bundle.write("posture.json", {"users": users, "admin_holders": admins, "eventbridge_rules": rules,
                                   "read_at": iso(datetime.now(UTC))})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -53,13 +54,25 @@ class DeactivateAccessKeys(Action[KeysParams]):
     def apply(self, ctx: ActionContext, change: Change) -> Outcome:
         return tolerant_call(ctx.aws.client("iam").update_access_key, change.params, "NoSuchEntity")
 
+    def narrow(self, params: KeysParams, changes: Sequence[Change]) -> KeysParams:
+        changed = {c.params.get("AccessKeyId") for c in changes}
+        return params.model_copy(update={"access_keys": [k for k in params.access_keys if k.id in changed]})
+
 
 class UsersParams(Params):
     users: list[UserRef]
 
 
+class _PerUser(Action[UsersParams]):
+    """An action over a list of users: verification reads only the users it changed."""
+
+    def narrow(self, params: UsersParams, changes: Sequence[Change]) -> UsersParams:
+        changed = {c.params.get("UserName") for c in changes}
+        return params.model_copy(update={"users": [u for u in params.users if u.name in changed]})
+
+
 @register
-class DeleteLoginProfiles(Action[UsersParams]):
+class DeleteLoginProfiles(_PerUser):
     """Delete console passwords. Recorded as existing; roll back by creating a new login profile."""
 
     name = "iam.delete-login-profiles"
@@ -91,7 +104,7 @@ class DeleteLoginProfiles(Action[UsersParams]):
 
 
 @register
-class DeactivateMfaDevices(Action[UsersParams]):
+class DeactivateMfaDevices(_PerUser):
     """Deactivate MFA devices the attacker registered: all devices of users created in the incident
     window, and devices enabled inside the window on other in-scope users."""
 
@@ -256,7 +269,7 @@ def _policy_exists(iam: Any, arn: str) -> bool:
 
 
 @register
-class RemoveFromGroups(Action[UsersParams]):
+class RemoveFromGroups(_PerUser):
     """Remove users from every group they belong to (group names recorded for rollback)."""
 
     name = "iam.remove-from-groups"
@@ -452,6 +465,7 @@ class ContainRootCredentials(Action[RootParams]):
     permissions = ("iam:GetAccountSummary", "sts:AssumeRole", "organizations:DescribeOrganization",
                    "organizations:DescribeAccount", "organizations:ListPolicies",
                    "organizations:ListPoliciesForTarget", "organizations:CreatePolicy", "organizations:AttachPolicy")
+    permission_paths = {p: "org" for p in permissions if p != "iam:GetAccountSummary"}
     risk = "reversible"
     ordered = True
 
@@ -529,6 +543,8 @@ class DeleteRootAccessKeys(Action[RootParams]):
                    "organizations:DescribeOrganization", "iam:ListAccessKeys", "iam:DeleteAccessKey",
                    "iam:ListSigningCertificates", "iam:DeleteSigningCertificate", "iam:GetLoginProfile",
                    "iam:DeleteLoginProfile", "iam:ListMFADevices", "iam:DeactivateMFADevice")
+    permission_paths = {p: "org" if p.startswith(("sts:", "organizations:")) or p == "iam:ListOrganizationsFeatures"
+                        else "root-task" for p in permissions}
     risk = "irreversible"
     manual_first = True
 

@@ -10,7 +10,8 @@ from actions.base import Action
 BUILTIN_MODULES = ("actions.scope", "actions.iam", "actions.iam_undo", "actions.ecs", "actions.evidence",
                    "actions.rollback", "actions.triage", "actions.iam_persistence", "actions.lambda_",
                    "actions.ec2_exposure", "actions.rds", "actions.s3", "actions.cloudtrail", "actions.guardduty",
-                   "actions.awsconfig", "actions.autoscaling", "actions.events", "actions.ec2")
+                   "actions.awsconfig", "actions.autoscaling", "actions.events", "actions.ec2",
+                   "actions.ec2_spot")
 
 
 class Registry:

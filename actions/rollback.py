@@ -137,6 +137,17 @@ def inverse(c: dict[str, Any]) -> Change | str | None:
                       previous={"MinSize": 0, "DesiredCapacity": 0},
                       reason=f"{why}: {p['AutoScalingGroupName']} back to min {prev['MinSize']}, desired "
                              f"{prev['DesiredCapacity']}")
+    if op == "autoscaling:SuspendProcesses":
+        return Change("autoscaling:ResumeProcesses", target, dict(p), previous={"Suspended": p["ScalingProcesses"]},
+                      reason=f"{why}: {p['AutoScalingGroupName']} runs {', '.join(p['ScalingProcesses'])} again "
+                             "(it may launch instances from its launch template: review it first)")
+    if op in ("ec2:CancelSpotInstanceRequests", "ec2:CancelSpotFleetRequests", "ec2:DeleteFleets"):
+        ids = p.get("SpotInstanceRequestIds") or p.get("SpotFleetRequestIds") or p.get("FleetIds") or []
+        kind = {"ec2:CancelSpotInstanceRequests": "spot request", "ec2:CancelSpotFleetRequests": "spot fleet",
+                "ec2:DeleteFleets": "EC2 Fleet"}[op]
+        return (f"{kind} {', '.join(ids)} ({target.split(':')[3]}) was cancelled and cannot be re-created by "
+                f"rollback; if it was legitimate, create a new one from its description in the run's instance "
+                f"evidence (its instances were kept)")
     if op == "organizations:AttachPolicy":
         return Change("organizations:DetachPolicy", target, dict(p), previous={"Attached": True},
                       reason=f"{why}: detach SCP {p['PolicyName']}")
@@ -165,7 +176,8 @@ class RevertChanges(Action[RevertParams]):
                    "application-autoscaling:RegisterScalableTarget", "events:DescribeRule", "events:EnableRule",
                    "scheduler:GetSchedule", "scheduler:UpdateSchedule", "iam:PassRole", "ec2:DescribeInstances",
                    "ec2:StartInstances", "autoscaling:DescribeAutoScalingGroups",
-                   "autoscaling:UpdateAutoScalingGroup", *UNDO_PERMISSIONS)
+                   "autoscaling:UpdateAutoScalingGroup", "autoscaling:ResumeProcesses", *UNDO_PERMISSIONS)
+    permission_paths = {p: "org" for p in permissions if p.startswith(("sts:AssumeRole", "organizations:"))}
     risk = "reversible"
     ordered = True
 
@@ -249,6 +261,11 @@ class RevertChanges(Action[RevertParams]):
                     AutoScalingGroupNames=[p["AutoScalingGroupName"]])["AutoScalingGroups"]
                 return not groups or (groups[0]["MinSize"], groups[0]["DesiredCapacity"]) == (
                     p["MinSize"], p["DesiredCapacity"])
+            if c.operation == "autoscaling:ResumeProcesses":
+                groups = ctx.aws.client("autoscaling", c.target.split(":")[3]).describe_auto_scaling_groups(
+                    AutoScalingGroupNames=[p["AutoScalingGroupName"]])["AutoScalingGroups"]
+                return not groups or not {x["ProcessName"] for x in groups[0].get("SuspendedProcesses") or []} & set(
+                    p["ScalingProcesses"])
             if c.operation == "events:EnableRule":
                 events = ctx.aws.client("events", c.target.split(":")[3])
                 return str(events.describe_rule(Name=p["Name"], EventBusName=p["EventBusName"]).get("State")) \
@@ -283,6 +300,10 @@ class RevertChanges(Action[RevertParams]):
             return "applied"
         if op == "autoscaling:UpdateAutoScalingGroup":
             return tolerant_call(ctx.aws.client("autoscaling", region).update_auto_scaling_group, p, "ValidationError")
+        if op == "autoscaling:ResumeProcesses":
+            from actions.autoscaling import suspend_or_resume
+
+            return suspend_or_resume(ctx, change)
         if op == "events:EnableRule":
             return tolerant_call(ctx.aws.client("events", region).enable_rule, p, "ResourceNotFoundException")
         if op == "scheduler:UpdateSchedule":

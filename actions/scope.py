@@ -4,6 +4,7 @@ proves it); suspects that only the window points at; and the look-alikes left al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from actions.registry import register
 from runner.attribution.graph import Attribution, Edge
 from runner.attribution.sources import TrailReader, gather
 from runner.detect import seeds_of
+from runner.document import Scope
 from runner.incident import (
     AccessKeyPrincipal,
     EcsClusterResource,
@@ -128,12 +130,51 @@ class DiscoverScope(Action[NoParams]):
                                  "[intake] cloudtrail_s3_uri, and LookupEvents unavailable", blocking=True)
             return graph
 
-        # -- the IAM listing and the attribution graph, read concurrently
+        def admin_holders() -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+            """Who holds each admin policy, and the members of the groups among them."""
+            holders: dict[str, dict[str, Any]] = {}
+            for policy_arn, ents in zip(admin_policies, ctx.fanout(entities, admin_policies), strict=True):
+                if ents is not None:
+                    holders[policy_arn] = ents
+            groups = list(dict.fromkeys(g["GroupName"] for e in holders.values() for g in e.get("PolicyGroups", [])))
+            return holders, {g: m for g, m in zip(groups, ctx.fanout(members, groups), strict=True) if m is not None}
+
+        def entities(policy_arn: str) -> dict[str, Any] | None:
+            try:
+                return dict(iam.list_entities_for_policy(PolicyArn=policy_arn))
+            except ClientError as exc:
+                if not is_code(exc, "NoSuchEntity"):
+                    raise
+                return None
+
+        def members(group: str) -> list[dict[str, Any]] | None:
+            try:
+                return list(paginate(iam, "get_group", "Users", GroupName=group))
+            except ClientError as exc:
+                if not is_code(exc, "NoSuchEntity"):
+                    raise
+                return None
+
+        # -- read concurrently: the attribution graph, the IAM listing, ECS in every region, the admin
+        # policies' holders and the account summary (none of these reads depends on another)
+        admin_policies = list(dict.fromkeys([*ctx.config.discovery.admin_policy_arns, *inc.indicators.policy_arns]))
+        ctx.progress("global", "cloudtrail", "running")
+        ctx.progress("global", "iam", "running")
         trail = ctx.fanout_pool.submit(read_trail)
-        all_users, all_groups, all_roles = ctx.fanout(
-            lambda op: list(paginate(iam, op[0], op[1])),
-            [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        ecs_read = ctx.fanout_pool.submit(read_ecs, ctx)
+        admins = ctx.fanout_pool.submit(admin_holders)
+        account_summary = ctx.fanout_pool.submit(lambda: iam.get_account_summary()["SummaryMap"])
+        try:
+            all_users, all_groups, all_roles = ctx.fanout(
+                lambda op: list(paginate(iam, op[0], op[1])),
+                [("list_users", "Users"), ("list_groups", "Groups"), ("list_roles", "Roles")])
+        except ClientError as exc:
+            ctx.progress("global", "iam", "gap", error=str(exc.response.get("Error", {}).get("Code", "")))
+            raise
+        ctx.progress("global", "iam", "done", found=len(all_users) + len(all_groups) + len(all_roles))
         graph = trail.result()
+        ctx.progress("global", "cloudtrail", "done" if graph.available else "gap", found=len(graph.events),
+                     **({} if graph.available else {"error": "no CloudTrail source"}))
         by_kind = {"user": {u["UserName"]: u for u in all_users}, "group": {g["GroupName"]: g for g in all_groups},
                    "role": {r["RoleName"]: r for r in all_roles
                             if not r.get("Path", "/").startswith("/aws-service-role/")}}
@@ -235,23 +276,27 @@ class DiscoverScope(Action[NoParams]):
             missing.append(f"access key {kid} named in the incident was not found on any IAM user")
 
         # -- details of every identity that may be contained (plan, report, suspects' holdings)
-        def details(name: str) -> tuple[str, dict[str, Any]]:
+        def login_profile(name: str) -> dict[str, Any]:
             try:
                 lp = iam.get_login_profile(UserName=name)["LoginProfile"]
-                login = {"present": True, "created": iso(lp.get("CreateDate"))}
             except ClientError as exc:
                 if not is_code(exc, "NoSuchEntity"):
                     raise
-                login = {"present": False}
-            return name, {
-                "login_profile": login,
-                "mfa_devices": [d["SerialNumber"] for d in paginate(iam, "list_mfa_devices", "MFADevices",
+                return {"present": False}
+            return {"present": True, "created": iso(lp.get("CreateDate"))}
+
+        def details(name: str) -> tuple[str, dict[str, Any]]:
+            reads: dict[str, Callable[[], Any]] = {
+                "login_profile": lambda: login_profile(name),
+                "mfa_devices": lambda: [d["SerialNumber"] for d in paginate(iam, "list_mfa_devices", "MFADevices",
+                                                                            UserName=name)],
+                "groups": lambda: [g["GroupName"] for g in paginate(iam, "list_groups_for_user", "Groups",
                                                                     UserName=name)],
-                "groups": [g["GroupName"] for g in paginate(iam, "list_groups_for_user", "Groups", UserName=name)],
-                "attached_policies": [p["PolicyArn"] for p in paginate(
+                "attached_policies": lambda: [p["PolicyArn"] for p in paginate(
                     iam, "list_attached_user_policies", "AttachedPolicies", UserName=name)],
-                "inline_policies": list(paginate(iam, "list_user_policies", "PolicyNames", UserName=name)),
+                "inline_policies": lambda: list(paginate(iam, "list_user_policies", "PolicyNames", UserName=name)),
             }
+            return name, dict(zip(reads, ctx.fanout(lambda read: read(), list(reads.values())), strict=True))
 
         detail_users = [*scope.users.items, *escalated.users.items, *suspects.users.items]
         for name, info in ctx.fanout(details, detail_users):
@@ -291,13 +336,8 @@ class DiscoverScope(Action[NoParams]):
                          for i in f.items.values()}
         protected_paths: dict[str, list[str]] = {}
         admin_groups: list[str] = []
-        for policy_arn in dict.fromkeys([*ctx.config.discovery.admin_policy_arns, *inc.indicators.policy_arns]):
-            try:
-                ents = iam.list_entities_for_policy(PolicyArn=policy_arn)
-            except ClientError as exc:
-                if not is_code(exc, "NoSuchEntity"):
-                    raise
-                continue
+        holders, group_members = admins.result()
+        for policy_arn, ents in holders.items():
             policy = policy_arn.rsplit("/", 1)[-1]
             for kind, key in (("user", "PolicyUsers"), ("group", "PolicyGroups"), ("role", "PolicyRoles")):
                 for ent in ents.get(key, []):
@@ -316,18 +356,12 @@ class DiscoverScope(Action[NoParams]):
                     leave(kind, ename, arn, why)
         # a protected principal's admin paths through groups (the last-admin-path guardrail reads these)
         for group in dict.fromkeys(admin_groups):
-            try:
-                members = list(paginate(iam, "get_group", "Users", GroupName=group))
-            except ClientError as exc:
-                if not is_code(exc, "NoSuchEntity"):
-                    raise
-                continue
-            for m in members:
+            for m in group_members.get(group, []):
                 if ctx.config.is_protected(m["UserName"], m["Arn"]):
                     protected_paths.setdefault(m["Arn"], []).append(f"group:{_arn(account, 'group', group)}")
 
         # -- root
-        summary = iam.get_account_summary()["SummaryMap"]
+        summary = account_summary.result()
         present = int(summary.get("AccountAccessKeysPresent", 0)) > 0
         root_key = next((p.access_key_id for p in inc.principals if isinstance(p, RootPrincipal)), None)
         root = {
@@ -344,7 +378,7 @@ class DiscoverScope(Action[NoParams]):
         attacker_arns = in_scope_arns | set(graph.sessions)
         if any(isinstance(p, RootPrincipal) for p in inc.principals):
             attacker_arns.add(f"arn:aws:iam::{account}:root")
-        services, tasks, ecs_excluded = discover_ecs(ctx, attacker_arns, attributed)
+        services, tasks, ecs_excluded = classify_ecs(ctx, ecs_read.result(), attacker_arns, attributed)
         task_defs = list(dict.fromkeys([s["task_definition"] for s in services]
                                        + [t["task_definition"] for t in tasks if t.get("task_definition")]))
         clusters = list({(s["region"], s["cluster"]): {"name": s["cluster"], "region": s["region"],
@@ -365,7 +399,7 @@ class DiscoverScope(Action[NoParams]):
                              for i in f.items.values() if b is escalated or i.get("evasion")}
                             | {i["user_arn"] for i in escalated.keys.items.values()}
                             | {r["arn"] for r in escalated.reversals})
-        out = {
+        out = Scope.model_validate({
             "account_id": account, "window_start": inc.window_start,
             **scope.out(),
             "root": root, "ecs_services": services, "ecs_tasks": tasks, "ecs_clusters": clusters,
@@ -378,7 +412,7 @@ class DiscoverScope(Action[NoParams]):
             "attribution": graph.to_json(),
             "attacker_events": graph.events,
             "attacker_principals": sorted(in_scope_arns | set(graph.sessions)),
-        }
+        }).model_dump(exclude_unset=True)  # the typed scope (runner/document.py), as templates read it
         return Plan(outputs=out, notes=missing + notes)
 
 
@@ -411,97 +445,128 @@ def _reversal(edge: Edge, kind: str, name: str, arn: str, graph: Attribution) ->
     return None
 
 
+@dataclass
+class _EcsCluster:
+    arn: str
+    services: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+
+
+@dataclass
+class _EcsRegion:
+    region: str
+    clusters: list[_EcsCluster]
+    task_defs: dict[str, dict[str, Any]]
+
+    @property
+    def found(self) -> int:
+        """Active services and running tasks read (the discovery progress counts them)."""
+        return sum(len(c.services) + len(c.tasks) for c in self.clusters)
+
+
+def read_ecs(ctx: ActionContext) -> list[_EcsRegion]:
+    """Every ECS cluster's active services, running tasks and their task definitions, in every
+    searched region; regions, clusters and task definitions are read side by side. A region whose ECS
+    endpoint fails is a coverage gap (scan_regions)."""
+
+    def region_read(region: str) -> _EcsRegion:
+        ecs = ctx.aws.client("ecs", region)
+
+        def cluster_read(cluster_arn: str) -> _EcsCluster:
+            svc_arns = list(paginate(ecs, "list_services", "serviceArns", cluster=cluster_arn))
+            task_arns = list(paginate(ecs, "list_tasks", "taskArns", cluster=cluster_arn, desiredStatus="RUNNING"))
+            services = [svc for i in range(0, len(svc_arns), 10)
+                        for svc in ecs.describe_services(cluster=cluster_arn, services=svc_arns[i:i + 10])["services"]]
+            tasks = [task for i in range(0, len(task_arns), 100)
+                     for task in ecs.describe_tasks(cluster=cluster_arn, tasks=task_arns[i:i + 100])["tasks"]]
+            return _EcsCluster(cluster_arn, [s for s in services if s.get("status") == "ACTIVE"], tasks)
+
+        clusters = ctx.fanout(cluster_read, list(paginate(ecs, "list_clusters", "clusterArns")))
+        wanted = list(dict.fromkeys([s["taskDefinition"] for c in clusters for s in c.services]
+                                    + [t["taskDefinitionArn"] for c in clusters for t in c.tasks
+                                       if not t.get("group", "").startswith("service:")]))
+        defs = ctx.fanout(lambda arn: ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], wanted)
+        return _EcsRegion(region, clusters, dict(zip(wanted, defs, strict=True)))
+
+    return scan_regions(ctx, "ecs", region_read, search_regions(ctx))
+
+
 def discover_ecs(
     ctx: ActionContext, attacker_arns: set[str], attributed: dict[tuple[str, str], str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """ECS services and tasks in scope, per region, and the services left alone."""
+    return classify_ecs(ctx, read_ecs(ctx), attacker_arns, attributed)
+
+
+def classify_ecs(
+    ctx: ActionContext, regions: list[_EcsRegion], attacker_arns: set[str],
+    attributed: dict[tuple[str, str], str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """From what read_ecs read: the services and tasks in scope, and the services left alone (why)."""
     inc = ctx.incident
-    regions = search_regions(ctx)
     patterns = [*inc.indicators.images, *ctx.config.discovery.miner_patterns]
     named_services = {(r.cluster, r.name) for r in inc.resources if isinstance(r, EcsServiceResource)}
     named_clusters = {r.name for r in inc.resources if isinstance(r, EcsClusterResource)}
     named_tasks = {r.arn.rsplit("/", 1)[-1]: r for r in inc.resources if isinstance(r, EcsTaskResource)}
     start = inc.window_start_dt
-
-    def region_scan(region: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        ecs = ctx.aws.client("ecs", region)
-        services: list[dict[str, Any]] = []
-        tasks: list[dict[str, Any]] = []
-        left: list[dict[str, Any]] = []
-        task_defs: dict[str, dict[str, Any]] = {}
-
-        def images_of(td_arn: str) -> list[str]:
-            if td_arn not in task_defs:
-                td = ecs.describe_task_definition(taskDefinition=td_arn)["taskDefinition"]
-                task_defs[td_arn] = td
-            return [c.get("image", "") for c in task_defs[td_arn].get("containerDefinitions", [])]
-
-        for cluster_arn in paginate(ecs, "list_clusters", "clusterArns"):
-            cluster = cluster_arn.rsplit("/", 1)[-1]
-            svc_arns = list(paginate(ecs, "list_services", "serviceArns", cluster=cluster_arn))
-            in_scope_svcs: set[str] = set()
-            for i in range(0, len(svc_arns), 10):
-                for svc in ecs.describe_services(cluster=cluster_arn, services=svc_arns[i:i + 10])["services"]:
-                    if svc.get("status") != "ACTIVE":
-                        continue
-                    name = svc["serviceName"]
-                    imgs = images_of(svc["taskDefinition"])
-                    reasons = []
-                    hits = {m for m in (matches_miner(im, patterns) for im in imgs) if m}
-                    if hits:
-                        reasons.append(f"runs image {', '.join(imgs)} matching miner pattern "
-                                       f"{', '.join(sorted(hits))}")
-                    if (cluster, name) in named_services:
-                        reasons.append("named in the incident")
-                    if (cluster, name) in (attributed or {}):
-                        reasons.append((attributed or {})[(cluster, name)])
-                    creator = str(svc.get("createdBy") or "")
-                    if creator in attacker_arns and (not creator.endswith(":root")
-                                                     or _in_window(svc.get("createdAt"), start)):
-                        who = ("the compromised root user" if creator.endswith(":root")
-                               else f"in-scope principal {creator}")
-                        reasons.append(f"created by {who} (ECS createdBy)")
-                    if cluster in named_clusters and _in_window(svc.get("createdAt"), start):
-                        reasons.append(f"created {iso(svc.get('createdAt'))} in cluster {cluster} named in "
-                                       f"the incident")
-                    item = {"cluster": cluster, "name": name, "arn": svc["serviceArn"], "region": region,
-                            "images": imgs, "desired_count": svc.get("desiredCount"),
-                            "task_definition": svc["taskDefinition"], "label": f"{cluster}/{name} ({region})"}
-                    if reasons:
-                        services.append({**item, "reason": "; ".join(reasons)})
-                        in_scope_svcs.add(name)
-                    else:
-                        left.append({"kind": "ecs_service", "name": f"{cluster}/{name}", "arn": svc["serviceArn"],
-                                     "reason": f"image {', '.join(imgs)} matches no miner pattern and it is "
-                                               f"not attributed to the attacker"})
-            task_arns = list(paginate(ecs, "list_tasks", "taskArns", cluster=cluster_arn, desiredStatus="RUNNING"))
-            for i in range(0, len(task_arns), 100):
-                for task in ecs.describe_tasks(cluster=cluster_arn, tasks=task_arns[i:i + 100])["tasks"]:
-                    group = task.get("group", "")
-                    tid = task["taskArn"].rsplit("/", 1)[-1]
-                    item = {"cluster": cluster, "arn": task["taskArn"], "region": region, "group": group,
-                            "task_definition": task.get("taskDefinitionArn"), "label": f"{cluster}/{tid}"}
-                    if group.startswith("service:"):
-                        owner = group.split(":", 1)[1]
-                        if owner in in_scope_svcs:
-                            tasks.append({**item, "service": owner,
-                                          "reason": f"task of in-scope service {owner} (group {group})"})
-                        continue
-                    imgs = images_of(task["taskDefinitionArn"])
-                    hits = {m for m in (matches_miner(im, patterns) for im in imgs) if m}
-                    if hits:
-                        tasks.append({**item, "reason": f"standalone task running image {', '.join(imgs)}"})
-                    elif tid in named_tasks:
-                        tasks.append({**item, "reason": "named in the incident"})
-        return services, tasks, left
-
     services: list[dict[str, Any]] = []
     tasks: list[dict[str, Any]] = []
     left: list[dict[str, Any]] = []
-    for s, t, lo in scan_regions(ctx, "ecs", region_scan, regions):
-        services += s
-        tasks += t
-        left += lo
+    for read in regions:
+        region = read.region
+
+        def images_of(td_arn: str, defs: dict[str, dict[str, Any]] = read.task_defs) -> list[str]:
+            return [c.get("image", "") for c in defs.get(td_arn, {}).get("containerDefinitions", [])]
+
+        for found in read.clusters:
+            cluster = found.arn.rsplit("/", 1)[-1]
+            in_scope_svcs: set[str] = set()
+            for svc in found.services:
+                name = svc["serviceName"]
+                imgs = images_of(svc["taskDefinition"])
+                reasons = []
+                hits = {m for m in (matches_miner(im, patterns) for im in imgs) if m}
+                if hits:
+                    reasons.append(f"runs image {', '.join(imgs)} matching miner pattern "
+                                   f"{', '.join(sorted(hits))}")
+                if (cluster, name) in named_services:
+                    reasons.append("named in the incident")
+                if (cluster, name) in (attributed or {}):
+                    reasons.append((attributed or {})[(cluster, name)])
+                creator = str(svc.get("createdBy") or "")
+                if creator in attacker_arns and (not creator.endswith(":root")
+                                                 or _in_window(svc.get("createdAt"), start)):
+                    who = ("the compromised root user" if creator.endswith(":root")
+                           else f"in-scope principal {creator}")
+                    reasons.append(f"created by {who} (ECS createdBy)")
+                if cluster in named_clusters and _in_window(svc.get("createdAt"), start):
+                    reasons.append(f"created {iso(svc.get('createdAt'))} in cluster {cluster} named in "
+                                   f"the incident")
+                item = {"cluster": cluster, "name": name, "arn": svc["serviceArn"], "region": region,
+                        "images": imgs, "desired_count": svc.get("desiredCount"),
+                        "task_definition": svc["taskDefinition"], "label": f"{cluster}/{name} ({region})"}
+                if reasons:
+                    services.append({**item, "reason": "; ".join(reasons)})
+                    in_scope_svcs.add(name)
+                else:
+                    left.append({"kind": "ecs_service", "name": f"{cluster}/{name}", "arn": svc["serviceArn"],
+                                 "reason": f"image {', '.join(imgs)} matches no miner pattern and it is "
+                                           f"not attributed to the attacker"})
+            for task in found.tasks:
+                group = task.get("group", "")
+                tid = task["taskArn"].rsplit("/", 1)[-1]
+                item = {"cluster": cluster, "arn": task["taskArn"], "region": region, "group": group,
+                        "task_definition": task.get("taskDefinitionArn"), "label": f"{cluster}/{tid}"}
+                if group.startswith("service:"):
+                    owner = group.split(":", 1)[1]
+                    if owner in in_scope_svcs:
+                        tasks.append({**item, "service": owner,
+                                      "reason": f"task of in-scope service {owner} (group {group})"})
+                    continue
+                imgs = images_of(task["taskDefinitionArn"])
+                hits = {m for m in (matches_miner(im, patterns) for im in imgs) if m}
+                if hits:
+                    tasks.append({**item, "reason": f"standalone task running image {', '.join(imgs)}"})
+                elif tid in named_tasks:
+                    tasks.append({**item, "reason": "named in the incident"})
     return services, tasks, left
-
-

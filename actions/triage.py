@@ -116,6 +116,8 @@ class TriageParams(Params):
     escalated: dict[str, Any] = {}
     #: attacker EC2 instances discovery found: stopped by the gated stop-attacker-instances step
     ec2_instances: list[dict[str, Any]] = []
+    #: attacker spot requests and fleets discovery found: cancelled by the gated cancel-spot-requests step
+    spot_requests: list[dict[str, Any]] = []
 
 
 @dataclass
@@ -127,6 +129,9 @@ class _Scope:
     services: list[ServiceItem]
     reversed: dict[str, str] = field(default_factory=dict)
 
+
+#: attacker calls that create spot requests or fleets (cancelled by ec2.cancel-spot-requests)
+SPOT_CALLS = ("RequestSpotInstances", "RequestSpotFleet", "CreateFleet")
 
 #: attacker calls that blind the account's logging or detection -> the operation that ends the blind period
 BLINDING = {"StopLogging": "cloudtrail:StartLogging", "PutEventSelectors": "cloudtrail:PutEventSelectors",
@@ -164,6 +169,7 @@ class TriageAttackerActivity(Action[TriageParams]):
                           if r.get("event_id") and r.get("op") != "manual"})
         events = sorted(params.events, key=lambda e: str(e.get("eventTime", "")))
         stopped = {str(i.get("id")) for i in params.ec2_instances}
+        cancelled = {str(s.get("id")) for s in params.spot_requests}
         verdicts: dict[str, Verdict] = {}
         by_handler: dict[str, list[dict[str, Any]]] = {}
         listed: list[tuple[dict[str, Any], Technique | None, str]] = []
@@ -188,6 +194,14 @@ class TriageAttackerActivity(Action[TriageParams]):
             elif technique.kind == "manual" and _name(e) == "RunInstances" and resource in stopped:
                 verdicts[eid] = Verdict(eid, "contained", f"instance {resource} is stopped by the gated "
                                                           "stop-attacker-instances step, after its evidence")
+            elif technique.kind == "manual" and _name(e) in SPOT_CALLS and resource in cancelled:
+                verdicts[eid] = Verdict(eid, "contained", f"{resource} is cancelled (instances kept) by the gated "
+                                                          "cancel-spot-requests step, after its evidence; its "
+                                                          "instances are stopped by stop-attacker-instances")
+            elif technique.kind == "manual" and _name(e) == "CreateAutoScalingGroup" and resource:
+                verdicts[eid] = Verdict(eid, "contained", f"Auto Scaling group {resource}: launches suspended and "
+                                                          "scaled to 0 by scale-attacker-groups (previous values "
+                                                          "recorded; the group stays for the investigation)")
             elif technique.kind == "manual":
                 verdicts[eid] = Verdict(eid, "manual", "no safe automatic undo: a person must act",
                                         fill(technique.instruction, e, resource))

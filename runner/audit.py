@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -133,12 +133,15 @@ class AuditLog:
     Several processes may share one state directory (a run, `stanch approve`, a dry-run drill). An
     append is O(1): under an exclusive lock held only for the write, it continues the chain from the
     head file (`audit.jsonl.head`: last seq and hash), which it then rewrites. The log is read back
-    only when the head file is missing or unreadable. Nothing is written through a symlink."""
+    only when the head file is missing or unreadable. Nothing is written through a symlink. Events
+    written concurrently share one append and one fsync (group commit)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one append at a time (the flock serialises processes)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._last: tuple[str, int] | None = None  # (hash, seq) of the last line this object wrote
         self._size = -1  # the log's size after that write
 
@@ -153,27 +156,63 @@ class AuditLog:
         return digest, seq
 
     def write(self, event: dict[str, Any]) -> None:
+        """Append `event`; return once it is on disk. Group commit: events that threads write while an
+        append is under way go out together in the next one (one write, one fsync, one head update),
+        in the order they arrived, each caller still returning only when its own line is durable."""
+        pending = _Pending(event)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._lock:
-            lock_fd = open_private(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT)
+            if pending.done:  # an earlier batch carried it
+                if pending.error is not None:
+                    raise pending.error
+                return
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-                try:
-                    prev, seq = self._tail(os.fstat(fd).st_size)
-                    record = {k: event.get(k) for k in AUDIT_FIELDS}
-                    record.update(event)
-                    record["seq"] = seq + 1
+                self._append(batch)
+            except BaseException as exc:
+                for p in batch:
+                    p.error, p.done = exc, True
+                raise
+            for p in batch:
+                p.done = True
+
+    def _append(self, batch: list[_Pending]) -> None:
+        lock_fd = open_private(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                prev, seq = self._tail(os.fstat(fd).st_size)
+                lines = []
+                for pending in batch:
+                    record = {k: pending.event.get(k) for k in AUDIT_FIELDS}
+                    record.update(pending.event)
+                    seq += 1
+                    record["seq"] = seq
                     record["prev"] = prev
                     line = json.dumps(record, sort_keys=False, default=str, separators=(",", ":"))
-                    os.write(fd, (line + "\n").encode("utf-8"))
-                    os.fsync(fd)
-                    size = os.fstat(fd).st_size
-                finally:
-                    os.close(fd)
-                self._last, self._size = (line_hash(line), seq + 1), size
-                write_head(self.path, seq + 1, self._last[0], size)
+                    lines.append(line)
+                    prev = line_hash(line)
+                os.write(fd, "".join(line + "\n" for line in lines).encode("utf-8"))
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
             finally:
-                os.close(lock_fd)  # releases the flock
+                os.close(fd)
+            self._last, self._size = (prev, seq), size
+            write_head(self.path, seq, prev, size)
+        finally:
+            os.close(lock_fd)  # releases the flock
+
+
+@dataclass
+class _Pending:
+    """One event waiting for its append."""
+
+    event: dict[str, Any]
+    done: bool = False
+    error: BaseException | None = None
 
 
 class UnsafeFileError(OSError):
@@ -271,11 +310,22 @@ def verify_chain(path: Path, anchors: Sequence[Anchor] = (), *, runs: int = 0,
     truncated or emptied log, and forged lines appended after the last anchored head (unless the run
     they belong to is being executed right now: `live_runs`). `runs` is how many runs the journal
     holds: a log emptied of them all fails too."""
-    problems: list[str] = []
     if path.is_symlink():
         return [f"{path.name}: is a symlink; not followed"]
     text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    lines = [raw for raw in text.splitlines() if raw.strip()]
+    head = head_path(path)
+    present = head.exists() or head.is_symlink()
+    return verify_lines(text.splitlines(), read_head(path) if present else None, head_present=present,
+                        head_name=head.name, anchors=anchors, runs=runs, live_runs=live_runs)
+
+
+def verify_lines(raw_lines: Sequence[str], recorded: tuple[int, str] | None, *, head_present: bool,
+                 head_name: str, anchors: Sequence[Anchor] = (), runs: int = 0,
+                 live_runs: Collection[str] = ()) -> list[str]:
+    """`verify_chain` over lines from anywhere (a file, a journal table): `recorded` is the head (seq,
+    sha256) stored beside them, None when it is missing (`head_present` False) or unreadable."""
+    problems: list[str] = []
+    lines = [raw for raw in raw_lines if raw.strip()]
     by_seq: dict[int, tuple[int, str, str]] = {}  # seq -> (line number, prev, the line)
     run_of: dict[int, str] = {}
     highest = 0
@@ -297,11 +347,9 @@ def verify_chain(path: Path, anchors: Sequence[Anchor] = (), *, runs: int = 0,
     if not lines and (runs or any(a.seq for a in anchors)):
         problems.append(f"the log is empty, but the journal records {runs} run(s) and anchored "
                         f"{max((a.seq for a in anchors), default=0)} line(s): the log was emptied or replaced")
-    head = head_path(path)
-    if head.exists() or head.is_symlink():
-        recorded = read_head(path)
+    if head_present:
         if recorded is None:
-            problems.append(f"{head.name}: unreadable")
+            problems.append(f"{head_name}: unreadable")
         elif recorded[0] > highest:
             problems.append(f"seq {highest + 1}-{recorded[0]}: lines cut from the end of the log")
         elif recorded[0] == highest and highest in by_seq and line_hash(by_seq[highest][2]) != recorded[1]:
@@ -311,7 +359,7 @@ def verify_chain(path: Path, anchors: Sequence[Anchor] = (), *, runs: int = 0,
             problems.append(f"{_seqs(recorded[0] + 1, highest)}: lines after the recorded head (appended by "
                             "something other than stanch)")
     elif lines:
-        problems.append(f"{head.name}: missing (deleted)")
+        problems.append(f"{head_name}: missing (deleted)")
     for seq in range(1, highest + 1):
         if seq not in by_seq:
             problems.append(f"seq {seq}: line deleted")
@@ -357,8 +405,8 @@ _LABELS = {
     "step.skipped": "skipped", "step.refused": "REFUSED", "step.manual": "MANUAL",
     "step.awaiting_approval": "waiting", "approval.recorded": "approved", "approval.stale": "drift",
     "change.planned": "  change", "change.started": "→", "change.applied": "✔", "change.already_done": "=",
-    "change.failed": "✘",
-    "verify.ok": "verified", "verify.failed": "UNVERIFIED",
+    "change.skipped": "≠", "change.failed": "✘",
+    "verify.ok": "verified", "verify.failed": "UNVERIFIED", "discovery.search": "  search",
 }
 
 
@@ -368,8 +416,10 @@ def render_human(event: dict[str, Any]) -> str:
     ts = str(event.get("ts", ""))[11:19]
     step = event.get("step") or ""
     parts = []
-    for key in ("incident_id", "playbook", "identity", "operation", "target", "changes", "outcome", "status", "by",
-                "message", "error"):
+    keys = ("region", "service", "state", "found", "error") if name == "discovery.search" else (
+        "incident_id", "playbook", "identity", "operation", "target", "changes", "outcome", "status", "by", "message",
+        "error")
+    for key in keys:
         if name != "run.started" and key in ("incident_id", "playbook", "identity"):
             continue
         if event.get(key) not in (None, "", []):
@@ -380,10 +430,16 @@ def render_human(event: dict[str, Any]) -> str:
     return f"{ts} {label:<10} {step:<26} {' '.join(parts)}".rstrip()
 
 
+class AuditWriter(Protocol):
+    """Where audit events go: `AuditLog` (a file) or the DynamoDB journal's per-run log."""
+
+    def write(self, event: dict[str, Any]) -> None: ...
+
+
 class EventSink:
     """The final structlog 'logger': writes each event to the audit log and renders it on stderr."""
 
-    def __init__(self, audit: AuditLog | None, stream: TextIO | None) -> None:
+    def __init__(self, audit: AuditWriter | None, stream: TextIO | None) -> None:
         self.audit = audit
         self.stream = stream
         self._lock = threading.Lock()
@@ -393,6 +449,9 @@ class EventSink:
             self.audit.write(event)
         if self.stream is not None and event.get("event") != "change.started":
             with self._lock:
+                observe = getattr(self.stream, "observe", None)  # a terminal display of live progress
+                if observe is not None:
+                    observe(event)
                 self.stream.write(render_human(event) + "\n")
                 self.stream.flush()
 
@@ -403,9 +462,11 @@ def _dict_passthrough(_: WrappedLogger, __: str, event_dict: EventDict) -> Any:
     return (dict(event_dict),), {}
 
 
-def make_logger(audit_path: Path | None, stream: TextIO | None = sys.stderr, **context: Any) -> Any:
-    """A structlog logger bound to `context` (run_id, incident_id, playbook, dry_run)."""
-    sink = EventSink(AuditLog(audit_path) if audit_path else None, stream)
+def make_logger(audit_path: Path | AuditWriter | None, stream: TextIO | None = sys.stderr, **context: Any) -> Any:
+    """A structlog logger bound to `context` (run_id, incident_id, playbook, dry_run), writing to the audit
+    log at `audit_path` (or to the writer given)."""
+    audit = AuditLog(audit_path) if isinstance(audit_path, Path) else audit_path
+    sink = EventSink(audit, stream)
     logger = structlog.wrap_logger(
         sink,
         processors=[add_timestamp, redact, _dict_passthrough],

@@ -26,7 +26,6 @@ from rich.console import Console
 
 from runner import __version__
 from runner.errors import EXIT_BAD_INPUT, EXIT_NOT_CONTAINED, EXIT_REFUSED, StanchError
-from runner.playbook import Step
 from runner.ui import (
     LogStream,
     UiOptions,
@@ -41,6 +40,7 @@ from runner.ui import (
 
 if TYPE_CHECKING:  # commands import what they use when they run: `--help` loads neither boto3 nor moto
     from actions.base import Plan
+    from runner.playbook import Step
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -555,6 +555,23 @@ def status(
 def drill(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan the drill only; nothing changes")] = False,
+    live: Annotated[bool, typer.Option("--live", help="Instead: check a real deployment is ready to contain "
+                                       "(read-only): credentials, member roles, permissions (IAM policy "
+                                       "simulation), regions, evidence Object Lock, rules, queue, routing")] = False,
+    account: Annotated[list[str] | None, typer.Option("--account", help="--live: an account to check (repeatable; "
+                                                      "default $STANCH_DRILL_ACCOUNTS, else the runner's own)",
+                                                      metavar="ID")] = None,
+    queue_url: Annotated[str | None, typer.Option("--queue-url", help="--live: the incident queue; default "
+                                                  "$STANCH_QUEUE_URL")] = None,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help="--live: an EventBridge rule feeding the queue "
+                                                   "(repeatable); default $STANCH_RULES", metavar="NAME")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="--live: config TOML; default $STANCH_CONFIG, else "
+                                               "the packaged config/stanch.toml")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="--live: home region; default "
+                                               "AWS_REGION / AWS_DEFAULT_REGION")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint "
+                                                     "(e.g. a moto server); also AWS_ENDPOINT_URL")] = None,
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
     quiet: QuietOpt = False,
@@ -562,10 +579,16 @@ def drill(
     no_color: NoColorOpt = False,
 ) -> None:
     """End-to-end containment against a simulated account (in-process moto), then a scorecard.
-    The two runs' logs are not shown unless --verbose."""
-    from runner.drill import run_drill
+    The two runs' logs are not shown unless --verbose. With --live: a read-only readiness check of a real
+    deployment; exit 0 ready, 1 with every problem that would stop a real containment."""
+    from runner.drill import require_moto, run_drill
     from runner.service import state_dir as resolve_state
 
+    if live:
+        _live_drill(account or [], queue_url, rule or [], config, region, profile, endpoint_url, output,
+                    wants_color(no_color))
+        return
+    require_moto()  # before the spinner: without the drill extra, the message and exit 2
     ui = _ui(ctx, quiet, verbose, no_color)
     if ui.verbosity >= 2:
         with LogStream(ui) as log:
@@ -578,6 +601,42 @@ def drill(
     else:
         render_scorecard(out_console(ui), card)
     raise typer.Exit(0 if card["passed"] else EXIT_NOT_CONTAINED)
+
+
+def _live_drill(accounts: list[str], queue_url: str | None, rules: list[str], config_path: str | None,
+                region: str | None, profile: str | None, endpoint_url: str | None, output: Output,
+                color: bool) -> None:
+    import os
+
+    from rich.markup import escape
+
+    from runner.aws import AwsSession
+    from runner.config import load_config
+    from runner.live_drill import DrillTargets, run_live_drill
+
+    bad = [a for a in accounts if not (len(a) == 12 and a.isdigit())]
+    if bad:
+        err(f"stanch: --account takes a 12-digit account id, not {', '.join(repr(b) for b in bad)}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    config = load_config(config_path)
+    session = AwsSession(region=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                         or "us-east-1", profile=profile,
+                         endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), settings=config.aws,
+                         dry_run=True)
+    report = run_live_drill(session, config, DrillTargets.from_env(tuple(accounts), queue_url or "", tuple(rules)))
+    if output is Output.json:
+        print_json(report.to_json() | {"refused_writes": list(session.refused)})
+    else:
+        out = console(sys.stdout, color=color)
+        for c in report.checks:
+            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            where = escape(f"[{c.account}] ") if c.account else ""
+            out.print(f"{mark} {c.name:<18} {where}{escape(c.detail)}", highlight=False)
+        verdict = "ready" if report.ready else f"NOT ready: {len(report.problems())} problem(s) would stop a " \
+                                                  "real containment"
+        out.print(verdict, highlight=False, markup=False)
+    if not report.ready:
+        raise typer.Exit(EXIT_NOT_CONTAINED)
 
 
 class ReportFormat(StrEnum):
@@ -678,17 +737,20 @@ def evidence_verify(
 def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) -> None:
     """Check the audit log's hash chain (edited, deleted, duplicated or reordered lines) and the heads the
     journal anchored at the end of each run (a truncated, emptied or appended-to log). Exit 0 intact, 1 not."""
+    from runner.journal import journal_settings
     from runner.service import audit_problems
     from runner.service import state_dir as resolve_state
 
     state = resolve_state(state_dir)
-    path = state / "audit.jsonl"
+    settings = journal_settings()
+    where = (f"dynamodb://{settings.table}" if settings.backend == "dynamodb"  # one chain per run in the table
+             else str((state / "audit.jsonl").resolve()))
     problems, lines = audit_problems(state)
     if lines is None:
-        err(f"stanch: no audit log at {path}")
+        err(f"stanch: no audit log at {where}")
         raise typer.Exit(EXIT_BAD_INPUT)
     if output is Output.json:
-        print_json({"path": str(path.resolve()), "intact": not problems, "lines": lines, "problems": problems})
+        print_json({"path": where, "intact": not problems, "lines": lines, "problems": problems})
     else:
         for p in problems:
             typer.echo(p)
@@ -696,6 +758,39 @@ def audit_verify(state_dir: StateDir = None, output: OutputOpt = Output.text) ->
             typer.echo(f"intact: {lines} lines, hash chain unbroken, every anchored head found")
     if problems:
         raise typer.Exit(EXIT_NOT_CONTAINED)
+
+
+journal_app = typer.Typer(no_args_is_help=True, help="The shared (DynamoDB) journal.")
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("init")
+@handle_errors
+def journal_init(
+    table: Annotated[str | None, typer.Option("--table", help="Table name; default: [journal] table or "
+                                              "STANCH_JOURNAL=dynamodb://TABLE")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The table's region; default: [journal] "
+                                               "region, else AWS_REGION")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config file (default $STANCH_CONFIG)")] = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create the DynamoDB journal table (pk/sk, the status-index GSI, TTL on expires_at); an existing
+    table is checked and kept. Then set `[journal] backend = "dynamodb"` (or STANCH_JOURNAL)."""
+    from runner.config import load_config
+    from runner.dynamo_journal import create_table, table_client
+    from runner.journal import journal_settings
+
+    settings = journal_settings(load_config(config))
+    name = table or settings.table
+    if not name:
+        err("stanch: no table: pass --table NAME, or set [journal] table or STANCH_JOURNAL=dynamodb://TABLE")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    done = create_table(table_client(region or settings.region or None, settings.endpoint_url or None), name)
+    if output is Output.json:
+        print_json(done)
+    else:
+        typer.echo(f"journal table {name} {'created' if done['created'] else 'already exists'}: "
+                   f"GSI {done['index']}, TTL on {done['ttl']}")
 
 
 @playbook_app.command("list")
@@ -746,15 +841,22 @@ def playbook_validate(path: Annotated[str, typer.Argument(help="Playbook YAML fi
 def playbook_graph(
     ref: Annotated[str | None, typer.Argument(help="Playbook name or path")] = None,
     lifecycle: Annotated[bool, typer.Option("--lifecycle", help="Draw the run lifecycle instead")] = False,
+    step_lifecycle: Annotated[bool, typer.Option("--step-lifecycle", help="Draw the step lifecycle instead")] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run lifecycle."""
+    """Print a mermaid diagram of a playbook's steps (gated steps highlighted), or of the run or step
+    lifecycle (drawn from the state machines the engine drives)."""
     from actions.registry import builtin_registry
-    from runner.lifecycle import lifecycle_mermaid
+    from runner.lifecycle import lifecycle_mermaid, step_lifecycle_mermaid
     from runner.playbook import load_playbook
 
+    if lifecycle and step_lifecycle:
+        err("stanch: give --lifecycle or --step-lifecycle, not both")
+        raise typer.Exit(EXIT_BAD_INPUT)
     if lifecycle:
         text = lifecycle_mermaid()
+    elif step_lifecycle:
+        text = step_lifecycle_mermaid()
     elif not ref:
         err("stanch: give a playbook name or path, or --lifecycle")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -766,23 +868,58 @@ def playbook_graph(
         typer.echo(text, nl=False)
 
 
+class PolicyFormat(StrEnum):
+    json = "json"
+    cloudformation = "cloudformation"
+
+
+class PolicyAudience(StrEnum):
+    member = "member"
+    security = "security"
+
+
 @playbook_app.command("permissions")
 @handle_errors
-def playbook_permissions(ref: Annotated[str, typer.Argument(help="Playbook name or path")]) -> None:
-    """Print the least-privilege IAM policy the runner needs for a playbook (from the actions' declarations)."""
+def playbook_permissions(
+    refs: Annotated[list[str], typer.Argument(help="Playbook names or paths", metavar="NAME|PATH...")],
+    # DESIGN.md gives `--for` to both `verify` (a duration) and this (an audience): the same parameter name
+    for_: Annotated[PolicyAudience | None, typer.Option(
+        "--for", help="Split for a security-account deployment: member (the responder role in each member "
+                      "account) or security (the runner's role, and the Organizations role)")] = None,
+    output: Annotated[PolicyFormat, typer.Option(
+        "--output", "-o", "--format", help="json: IAM policy documents (filled from --config); cloudformation: "
+                                           "the templates' AWS::IAM::ManagedPolicy resources")] = PolicyFormat.json,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Include what `stanch rollback` needs")] = False,
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML (role name, evidence bucket, "
+                                               "Organizations role); default $STANCH_CONFIG")] = None,
+) -> None:
+    """Print the least-privilege IAM policy the runner needs for the playbooks (from the actions' declarations).
+    With --for, the policies of a security-account deployment (deploy/*.yaml embed exactly these)."""
+    import yaml
+
     from actions.registry import builtin_registry
+    from runner.config import load_config
+    from runner.permissions import declared, policies, render_cloudformation, render_json
     from runner.playbook import load_playbook
 
     reg = builtin_registry()
-    pb = load_playbook(ref, reg)
-    perms = {"sts:GetCallerIdentity"}
-    for step in pb.steps:
-        cls = reg.get(step.action)
-        if cls is not None:
-            perms.update(cls.permissions)
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Sid": "StanchPlaybook", "Effect": "Allow", "Action": sorted(perms), "Resource": "*"}]}
-    typer.echo(json.dumps(policy, indent=2))
+    books = [load_playbook(ref, reg) for ref in refs]
+    extra = ["rollback.revert"] if rollback else []
+    audience = for_
+    if audience is None:
+        if output is PolicyFormat.cloudformation:
+            err("stanch: --format cloudformation needs --for member|security")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        perms = set().union(*declared(books, reg, extra).values())
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Sid": "StanchPlaybook", "Effect": "Allow", "Action": sorted(perms), "Resource": "*"}]}
+        typer.echo(json.dumps(policy, indent=2))
+        return
+    pols = policies(audience.value, declared(books, reg, extra))
+    if output is PolicyFormat.cloudformation:
+        typer.echo(yaml.safe_dump(render_cloudformation(pols), sort_keys=False, width=110), nl=False)
+    else:
+        print_json(render_json(pols, load_config(config)))
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runner.errors import InputError, Problem, did_you_mean
 from runner.incident import format_loc
@@ -41,6 +41,9 @@ class AwsSection(_Section):
     regions: list[str] = Field(default_factory=list)
     #: deprecated: every enabled region is searched by default; these are added to `regions`
     extra_regions: list[str] = Field(default_factory=list)
+    #: answer a read asked again in the same run from memory until a write to its service
+    #: (verification always reads AWS afresh); false: every read goes to AWS
+    read_cache: bool = True
 
 
 class ApprovalSection(_Section):
@@ -89,6 +92,17 @@ class VerifySection(_Section):
     iam_settle_seconds: float = Field(10, ge=0, le=300)
 
 
+class AccountsSection(_Section):
+    """A runner in a security account: for an incident in another account it assumes
+    `arn:aws:iam::<account>:role/<role_name>` (the run id as session name) and works there."""
+
+    #: the responder role's name (and path) in every member account; empty: runs need credentials
+    #: for the incident's own account, and any other account is refused
+    role_name: str = Field("", pattern=r"^(([\w+=,.@-]+/)*[\w+=,.@-]{1,64})?$")
+    #: the ExternalId the member role's trust policy requires, if any
+    external_id: str = Field("", max_length=1224, pattern=r"^([\w+=,.@:/-]{2,})?$")
+
+
 class RootSection(_Section):
     organizations_role_arn: str = ""
 
@@ -104,6 +118,29 @@ class PricingSection(_Section):
     ec2_gb_hour: float = Field(0.0062, ge=0)
 
 
+class JournalSection(_Section):
+    """Where runs, locks, approvals and the audit log live. `STANCH_JOURNAL` (sqlite, or
+    dynamodb://TABLE[?region=R]) overrides it."""
+
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    #: DynamoDB table (create it with `stanch journal init`)
+    table: str = Field("", pattern=r"^([A-Za-z0-9_.-]{3,255})?$")
+    #: the table's region; empty: the standard chain (AWS_REGION, AWS_DEFAULT_REGION, the profile)
+    region: str = Field("", pattern=r"^([a-z]{2}(-[a-z]+)+-\d)?$")
+    #: an AWS-compatible endpoint for the table only (else AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL)
+    endpoint_url: str = ""
+    #: a worker's hold on a run lasts this long unless its heartbeat renews it (every third of it)
+    lease_seconds: float = Field(60, ge=1, le=3600)
+    #: items of a run expire (DynamoDB TTL) this many days after the run started; 0: never
+    ttl_days: int = Field(400, ge=0)
+
+    @model_validator(mode="after")
+    def _table_named(self) -> JournalSection:
+        if self.backend == "dynamodb" and not self.table:
+            raise ValueError('backend "dynamodb" needs table = "NAME"')
+        return self
+
+
 class Config(_Section):
     runner: RunnerSection = Field(default_factory=RunnerSection)
     aws: AwsSection = Field(default_factory=AwsSection)
@@ -112,10 +149,12 @@ class Config(_Section):
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     routing: dict[str, str] = Field(default_factory=dict)
     root: RootSection = Field(default_factory=RootSection)
+    accounts: AccountsSection = Field(default_factory=AccountsSection)
     intake: IntakeSection = Field(default_factory=IntakeSection)
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
     verify: VerifySection = Field(default_factory=VerifySection)
+    journal: JournalSection = Field(default_factory=JournalSection)
     source: str = Field("<defaults>", exclude=True)
 
     def is_protected(self, name: str, arn: str = "") -> bool:
@@ -163,6 +202,13 @@ def load_config(path: str | None = None) -> Config:
         raise InputError(label, [Problem("", f"not valid TOML: {exc}")]) from None
     if path:  # a user's file overrides the packaged defaults key by key
         raw = _overlay(tomllib.loads(default_config_text()), raw)
+    overlay = os.environ.get("STANCH_CONFIG_OVERLAY")
+    if overlay:  # TOML text over the file (deploy/security-account.yaml sets it from the stack's resources)
+        label += " + $STANCH_CONFIG_OVERLAY"
+        try:
+            raw = _overlay(raw, tomllib.loads(overlay))
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError("$STANCH_CONFIG_OVERLAY", [Problem("", f"not valid TOML: {exc}")]) from None
     try:
         return Config.model_validate({**raw, "source": label})
     except ValidationError as exc:

@@ -1,5 +1,6 @@
 """`stanch drill`: the reference attack in an in-process simulated account (moto), plus what real
-crews add (a miner in a second region, auto scaling, a schedule, EC2 miners in a third region),
+crews add (a miner in a second region, auto scaling, a schedule, EC2 miners, a spot request and
+Auto Scaling groups, one of them hijacked, in a third region),
 contained end to end by the reference playbook, then checked: containment, relaunchers disarmed,
 decoys untouched, every region searched, the attacker's own key denied, and a second run that
 applies nothing."""
@@ -19,9 +20,13 @@ import boto3
 from botocore.exceptions import ClientError
 
 from runner.aws import AwsSession
+from runner.document import RunDocument
 from runner.engine import RunOptions
+from runner.errors import MissingExtraError
 from runner.incident import validate_incident
+from runner.journal import SqliteJournal
 from runner.service import AwsOptions, start_run
+from runner.status import ChangeStatus, RunStatus
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -225,7 +230,44 @@ def seed_persistence(session: boto3.Session, seeded: dict[str, Any]) -> dict[str
     ec2 = session.client("ec2", region_name=THIRD_REGION)
     miners = _instances(ec2, MINER_USER_DATA, 4, "c5.9xlarge")
     legit = _instances(ec2, "#!/bin/bash\nsystemctl start nginx\n", 1, "t3.small")
-    return {"miner_instances": miners, "legit_instances": legit}
+    return {"miner_instances": miners, "legit_instances": legit, **_seed_relaunchers(session, seeded)}
+
+
+def _seed_relaunchers(session: boto3.Session, seeded: dict[str, Any]) -> dict[str, Any]:
+    """In the third region: a persistent spot request the attacker's user made (and a legitimate one), an
+    Auto Scaling group the attacker created, a legitimate group whose launch template the attacker
+    switched to a miner (it would replace a stopped instance), and a legitimate group left alone."""
+    import base64
+
+    n = seeded["names"]
+    ec2 = session.client("ec2", region_name=THIRD_REGION)
+    asg = session.client("autoscaling", region_name=THIRD_REGION)
+    image = base_image(ec2)
+
+    def spec(user_data: str, kind: str) -> dict[str, Any]:
+        return {"ImageId": image, "InstanceType": kind, "UserData": base64.b64encode(user_data.encode()).decode()}
+
+    spot = ec2.request_spot_instances(InstanceCount=1, Type="persistent",
+                                      LaunchSpecification=spec("#!/bin/bash\n./setup.sh\n", "c5.4xlarge"))
+    legit_spot = ec2.request_spot_instances(InstanceCount=1, LaunchSpecification=spec("#!/bin/bash\necho ci\n",
+                                                                                       "t3.small"))
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]][:1]
+    for lt, user_data in (("render-lt", "#!/bin/bash\n./render\n"), ("batch-lt", MINER_USER_DATA),
+                          ("web-lt", "#!/bin/bash\nsystemctl start nginx\n")):
+        ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData=spec(user_data, "c5.large"))
+    for group, lt in (("render-farm", "render-lt"), ("batch-workers", "batch-lt"), ("web-asg", "web-lt")):
+        asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=4, DesiredCapacity=1,
+                                      LaunchTemplate={"LaunchTemplateName": lt}, AvailabilityZones=zones)
+    sir = spot["SpotInstanceRequests"][0]
+    t = TrailWriter(when=seeded["incident"]["window_start"])
+    me = t.user(n["user"], seeded["attacker_key"]["AccessKeyId"])
+    t.add(me, "ec2", "RequestSpotInstances", {"instanceCount": 1, "type": "persistent"},
+          {"spotInstanceRequestSet": {"items": [{"spotInstanceRequestId": sir["SpotInstanceRequestId"]}]}},
+          region=THIRD_REGION)
+    t.add(me, "autoscaling", "CreateAutoScalingGroup", {"autoScalingGroupName": "render-farm"}, region=THIRD_REGION)
+    return {"spot_request": sir["SpotInstanceRequestId"], "spot_instance": sir.get("InstanceId"),
+            "legit_spot_request": legit_spot["SpotInstanceRequests"][0]["SpotInstanceRequestId"],
+            "trail": t.records}
 
 
 def persistence_snapshot(session: boto3.Session) -> dict[str, Any]:
@@ -243,9 +285,18 @@ def persistence_snapshot(session: boto3.Session) -> dict[str, Any]:
                                                                 if v)}
     for sch in session.client("scheduler", region_name=REGION).list_schedules()["Schedules"]:
         snap["schedules"][sch["Name"]] = sch["State"]
-    for r in session.client("ec2", region_name=THIRD_REGION).describe_instances()["Reservations"]:
+    ec2 = session.client("ec2", region_name=THIRD_REGION)
+    for r in ec2.describe_instances()["Reservations"]:
         for i in r["Instances"]:
             snap["instances"][i["InstanceId"]] = i["State"]["Name"]
+    snap["spot"] = {r["SpotInstanceRequestId"]: r["State"]
+                    for r in ec2.describe_spot_instance_requests()["SpotInstanceRequests"]}
+    snap["groups"] = {g["AutoScalingGroupName"]: {
+        "min": g["MinSize"], "desired": g["DesiredCapacity"],
+        "suspended": sorted(p["ProcessName"] for p in g.get("SuspendedProcesses") or []),
+        "instances": sorted(i["InstanceId"] for i in g.get("Instances") or [])}
+        for g in session.client("autoscaling", region_name=THIRD_REGION).describe_auto_scaling_groups()[
+            "AutoScalingGroups"]}
     return snap
 
 
@@ -321,9 +372,23 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+#: moto is the `drill` extra, not a runtime dependency: stanch contains real accounts without it
+INSTALL_DRILL = "pip install 'stanch[drill]'  (from a checkout: pip install '.[drill]')"
+
+
+def require_moto() -> None:
+    """The drill's simulated account is moto: without it, say how to install it (exit 2)."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(f"stanch drill needs moto for its simulated account, which is an optional extra: "
+                                f"{INSTALL_DRILL}. Nothing was run.") from None
+
+
 def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None,
               stream: TextIO | None = None) -> dict[str, Any]:
     """Seed, contain and check. The runs' log goes to `stream` (none by default: the scorecard says it all)."""
+    require_moto()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with simulated_account() as session:
         seeded = seed(session, names)
@@ -334,8 +399,9 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
         _write_private(inc_path, json.dumps(seeded["incident"], indent=2))
         incident = validate_incident(str(inc_path), seeded["incident"])
         trail_path = state / f"drill-trail-{int(time.time())}.json"
-        _write_private(trail_path, json.dumps(attack_trail(seeded).document()))
-        trail = ([*attack_trail(seeded).records], [f"trail file {trail_path} (the drill's own record of the attack)"])
+        records = [*attack_trail(seeded).records, *extra["trail"]]
+        _write_private(trail_path, json.dumps({"Records": records}))
+        trail = (records, [f"trail file {trail_path} (the drill's own record of the attack)"])
         before = account_snapshot(session)
         before_extra = persistence_snapshot(session)
         options = RunOptions(dry_run=dry_run, approve_all=True, by="drill",
@@ -345,9 +411,10 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             aws = AwsSession(region=REGION, boto_session=session, dry_run=dry_run)
             return start_run(incident, playbook_ref=None, config_path=None, options=options,
                              aws_opts=AwsOptions(region=REGION), state=state, session=aws, trail=trail,
-                             stream=stream).result
+                             stream=stream, journal=SqliteJournal(state)).result  # the drill's own account
 
         result = go()
+        doc = RunDocument.model_validate(result)
         after = account_snapshot(session)
         after_extra = persistence_snapshot(session)
         checks: list[tuple[str, bool, str]] = []
@@ -356,15 +423,15 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             checks.append((name, bool(ok), detail))
 
         if dry_run:
-            check("run planned", result["status"] == "planned", result["status"])
+            check("run planned", doc.status == RunStatus.PLANNED, doc.status)
             check("nothing changed in the account", before == after and before_extra == after_extra,
                   "IAM, ECS, auto scaling, schedules and EC2 snapshots compared")
-            planned = sum(len(s["changes"]) for s in result["steps"])
+            planned = sum(len(s.changes) for s in doc.steps)
             check("the plan contains the containment", planned >= 6, f"{planned} changes planned")
         else:
             atk = after["users"][n["user"]]
             check("run contained (root key left as a manual action)",
-                  result["status"] in ("contained", "needs_manual_action"), result["status"])
+                  doc.status in RunStatus.DONE, doc.status)
             check("attacker's access keys inactive", all(s == "Inactive" for s in atk["keys"].values()),
                   json.dumps(atk["keys"]))
             check("attacker's console password removed", not atk["login_profile"])
@@ -375,7 +442,7 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             check("miner service scaled to 0", bool(miner) and miner[0]["desiredCount"] == 0)
             miner_tasks = [v for k, v in after["tasks"].items() if f"/{n['cluster']}/" in k]
             check("miner tasks stopped", bool(miner_tasks) and all(v == "STOPPED" for v in miner_tasks))
-            manual = " ".join(m["instructions"] for m in result["manual_actions"])
+            manual = " ".join(m.instructions for m in doc.manual_actions)
             check("root key handed over as a manual action with its id", ROOT_KEY in manual)
             for decoy in ("alice", "ops-oncall", "breakglass-admin"):
                 check(f"legitimate user {decoy} untouched", before["users"][decoy] == after["users"][decoy])
@@ -390,21 +457,19 @@ def run_drill(*, dry_run: bool, state: Path, names: dict[str, str] | None = None
             ok, detail = attacker_key_denied(session, seeded["attacker_key"], seeded["alice_key"])
             check("attacker's own key denied (moto IAM enforcement)", ok, detail)
             again = go()
-            applied_again = [c for s in again["steps"] for c in s["changes"] if c["status"] == "applied"]
+            applied_again = RunDocument.model_validate(again).changes_in(ChangeStatus.APPLIED)
             check("a second run of the same incident applies nothing", not applied_again,
                   f"{len(applied_again)} changes applied on the second run")
         contained = [
-            {"step": s["id"], "operation": c["operation"], "target": c["target"], "params": c["params"],
-             "previous": c["previous"]}
-            for s in result["steps"] for c in s["changes"] if c["status"] in ("applied", "planned")
+            {"step": s.id, "operation": c.operation, "target": c.target, "params": c.params, "previous": c.previous}
+            for s, c in doc.changes_in(ChangeStatus.APPLIED, ChangeStatus.PLANNED)
         ]
-        scope = result.get("scope", {})
         return {
-            "drill": "cryptojacking-root-key", "dry_run": dry_run, "run_id": result["run_id"],
-            "run_status": result["status"], "passed": all(ok for _, ok, _ in checks),
+            "drill": "cryptojacking-root-key", "dry_run": dry_run, "run_id": doc.run_id,
+            "run_status": doc.status, "passed": all(ok for _, ok, _ in checks),
             "checks": [{"check": c, "ok": ok, "detail": d} for c, ok, d in checks],
             "contained": contained,
-            "left_alone": scope.get("excluded", []),
+            "left_alone": [e.model_dump() for e in doc.scope.excluded] if doc.scope else [],
             "manual_actions": result["manual_actions"],
             "metrics": result.get("metrics", {}),
             "incident_file": str(inc_path),
@@ -431,6 +496,25 @@ def _check_persistence(check: Any, n: dict[str, str], extra: dict[str, Any], bef
           bool(miners) and set(miners) == {"stopped"}, json.dumps(miners))
     check(f"legitimate EC2 instance in {THIRD_REGION} untouched",
           all(after["instances"].get(i) == "running" for i in extra["legit_instances"]))
+    spot = after.get("spot", {})
+    check(f"attacker's persistent spot request in {THIRD_REGION} cancelled (its instance kept, then stopped)",
+          spot.get(extra["spot_request"], "cancelled") == "cancelled"
+          and after["instances"].get(extra["spot_instance"]) == "stopped",
+          f"request {spot.get(extra['spot_request'], 'cancelled')}, instance "
+          f"{after['instances'].get(extra['spot_instance'])}")
+    check("legitimate spot request untouched", spot.get(extra["legit_spot_request"]) == "active")
+    groups = after.get("groups", {})
+    render = groups.get("render-farm", {})
+    check("attacker's Auto Scaling group render-farm: launches suspended, scaled to 0",
+          render.get("min") == 0 and render.get("desired") == 0
+          and {"Launch", "ReplaceUnhealthy", "HealthCheck"} <= set(render.get("suspended", [])), json.dumps(render))
+    batch, was = groups.get("batch-workers", {}), before.get("groups", {}).get("batch-workers", {})
+    stopped = [after["instances"].get(i) for i in was.get("instances", [])]
+    check("hijacked group batch-workers: stops launching, not scaled down, its miner instance stopped",
+          {"Launch", "ReplaceUnhealthy"} <= set(batch.get("suspended", [])) and batch.get("desired") == was.get(
+              "desired") and bool(stopped) and set(stopped) == {"stopped"}, json.dumps({**batch, "states": stopped}))
+    check("legitimate Auto Scaling group web-asg untouched",
+          groups.get("web-asg") == before.get("groups", {}).get("web-asg"))
     regions = (result.get("coverage") or {}).get("regions", [])
     check("every region searched, including the three used by the attack",
           {REGION, SECOND_REGION, THIRD_REGION} <= set(regions), f"{len(regions)} regions")

@@ -28,30 +28,17 @@ from actions.registry import Registry
 from runner.aws import AwsSession
 from runner.awserrors import clean_message, describe_client_error
 from runner.config import Config
-from runner.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_MANUAL,
-    EXIT_NOT_CONTAINED,
-    EXIT_OK,
-    EXIT_PAUSED,
-    EXIT_REFUSED,
-    StanchError,
-)
+from runner.document import ChangeDoc, CoverageDoc, Evidence, ManualAction, Metrics, RunDocument, StepDoc
+from runner.errors import StanchError
 from runner.incident import Incident, format_loc
 from runner.journal import ApprovalRecord, Journal, RunRecord, now_iso
-from runner.lifecycle import RunLifecycle
+from runner.lifecycle import RunLifecycle, StepEvent, StepFlow, StepMachine
 from runner.playbook import Playbook, Step
 from runner.regions import Coverage
+from runner.status import ChangeStatus, RunStatus, StepStatus, exit_code
 from runner.templates import TemplateError, render
 
-#: step statuses after which a step is finished and its dependents may start
-DONE = ("applied", "noop", "manual")
-FINAL = (*DONE, "failed", "skipped", "refused")
-EXIT_CODES = {
-    "planned": EXIT_OK, "contained": EXIT_OK, "awaiting_approval": EXIT_PAUSED, "refused": EXIT_REFUSED,
-    "needs_manual_action": EXIT_MANUAL, "partially_contained": EXIT_NOT_CONTAINED, "failed": EXIT_NOT_CONTAINED,
-    "cancelled": EXIT_NOT_CONTAINED,
-}
+__all__ = ["Engine", "RunOptions", "StepState", "exit_code"]
 #: errors an action's AWS work may raise; anything else is a bug and propagates
 STEP_ERRORS = (ClientError, BotoCoreError, StanchError, TemplateError, ValidationError)
 
@@ -84,14 +71,25 @@ class RunOptions:
 
 @dataclass
 class StepState:
-    status: str = "pending"
+    #: where the step is in the step lifecycle (runner/lifecycle.py); moved only by `fire`
+    flow: StepFlow
     plan: Plan | None = None
     params: Params | None = None
-    change_status: dict[str, str] = field(default_factory=dict)
+    change_status: dict[str, ChangeStatus] = field(default_factory=dict)
     #: changes a killed process applied that a re-plan no longer lists
     earlier: list[Change] = field(default_factory=list)
     error: str | None = None
     verify_failures: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> StepStatus:
+        return self.flow.status
+
+    def fire(self, event: StepEvent, error: str | None = None) -> None:
+        """Move the step (an illegal event raises `transitions.MachineError`); `error` says why it stopped."""
+        self.flow.fire(event)
+        if error is not None:
+            self.error = error
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan or Plan()
@@ -128,11 +126,12 @@ class Engine:
         self.run_start = _parse_iso(run.created_at)
         before = (run.result or {}).get("metrics") or {}
         self.paused_s = float(before.get("paused_s") or 0.0)
-        if run.status == "awaiting_approval":
+        if run.status == RunStatus.AWAITING_APPROVAL:
             self.paused_s += max(0.0, (datetime.now(UTC) - _parse_iso(run.updated_at)).total_seconds())
         self.first_change_s: float | None = before.get("time_to_first_change_s")
         self.finished_s: float | None = None
-        self.states: dict[str, StepState] = {s.id: StepState() for s in playbook.steps}
+        self.step_machine = StepMachine()
+        self.states: dict[str, StepState] = {s.id: StepState(self.step_machine.track()) for s in playbook.steps}
         self.actions: dict[str, Action[Any]] = {s.id: self._action(s) for s in playbook.steps}
         self.lifecycle = RunLifecycle(run.status, self._status_changed)
         self._stop_scheduling = False
@@ -140,6 +139,8 @@ class Engine:
         #: held for lifecycle transitions, guardrail checks and prompts, which steps reach from threads
         self._lock = threading.RLock()
         self._forced_gates: set[str] = set()
+        #: gated steps planned ahead of the approval of the steps they need (see _plan_ahead)
+        self._ahead: set[str] = set()
         #: steps over the per-step cap: they wait for their own approval, like `approval: explicit`
         self._capped: dict[str, str] = {}
         self._refusal: str | None = None
@@ -155,7 +156,7 @@ class Engine:
             raise StanchError(f"step {step.id}: action {step.action} is not registered")
         return cls()
 
-    def _status_changed(self, status: str) -> None:
+    def _status_changed(self, status: RunStatus) -> None:
         self.journal.set_run_status(self.run.run_id, status)
         self.log.info("run.status", status=status)
 
@@ -185,31 +186,32 @@ class Engine:
             if rec is None or rec.plan is None:
                 continue
             state = self.states[step.id]
-            state.change_status = dict(rec.plan.get("change_status", {}))
+            state.change_status = {d: ChangeStatus(s) for d, s in rec.plan.get("change_status", {}).items()}
             state.earlier = [Change.from_json(c) for c in rec.plan.get("earlier", [])]
-            if rec.status in FINAL:
-                state.status = rec.status
+            if rec.status in StepStatus.TERMINAL:
+                state.flow = self.step_machine.track(rec.status)
                 state.error = rec.error
                 state.plan = Plan(
                     changes=[Change.from_json(c) for c in rec.plan.get("changes", [])],
                     outputs=rec.plan.get("outputs", {}), manual=rec.plan.get("manual", []),
                     notes=rec.plan.get("notes", []),
                 )
-            else:
-                state.status = "pending"  # re-planned against live state
+            # an unfinished step stays pending: it is planned again against live state
 
     # ------------------------------------------------------------------ public
     def execute(self, resume: bool = False) -> dict[str, Any]:
         self._resumed = resume
         if resume:
             self._restore()
+        # a read asked again in this run is answered from memory until a write ([aws] read_cache)
+        self.aws.reads.enable(self.config.aws.read_cache)
         with ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="step") as steps_pool, \
                 ThreadPoolExecutor(self.config.runner.max_workers, thread_name_prefix="call") as calls_pool:
             ctx = ActionContext(
                 aws=self.aws, incident=self.incident, config=self.config, run_id=self.run.run_id,
                 started_at=_started(self.run.created_at), fanout_pool=calls_pool, protected=self._is_protected,
                 evidence_dir=self.evidence_dir, trail_records=self.trail[0], trail_sources=self.trail[1],
-                coverage=self.coverage,
+                coverage=self.coverage, log=self.log.info,
             )
             identity = self.aws.identity()
             self.identity_arn = identity.principal_arn
@@ -217,11 +219,13 @@ class Engine:
             if identity.account != self.incident.account_id:
                 self._refusal = (f"the AWS credentials are for account {identity.account} but the incident is in "
                                  f"account {self.incident.account_id}; use credentials (or --profile) for "
-                                 f"{self.incident.account_id}. Nothing was read or changed.")
+                                 f"{self.incident.account_id}, or set [accounts] role_name to assume a role there. "
+                                 "Nothing was read or changed.")
                 self.log.info("run.refused", outcome="refused", error=self._refusal)
             else:
                 self._conduct(ctx, steps_pool)
             self._settle(ctx, steps_pool)
+            self.aws.reads.enable(False)  # the session's later users (drill checks, verify) read AWS itself
         return self.result()
 
     def _is_protected(self, name: str, arn: str) -> bool:
@@ -232,18 +236,18 @@ class Engine:
         says `on_error: continue` (it must run first, but its dependants do not need it to succeed:
         evidence capture before compute containment, for example)."""
         ready = []
-        ok = ("planned", *DONE) if self.options.dry_run else DONE
+        ok = (StepStatus.PLANNED, *StepStatus.DONE) if self.options.dry_run else StepStatus.DONE
         for step in self.playbook.steps:
             state = self.states[step.id]
-            if state.status != "pending" or step.id in self._inflight:
+            if state.status != StepStatus.PENDING or step.id in self._inflight:
                 continue
-            blocked = [n for n in step.needs if self.states[n].status in ("failed", "skipped", "refused")
+            blocked = [n for n in step.needs if self.states[n].status in StepStatus.STOPPED
                        and self.playbook.step(n).on_error != "continue"]
             if blocked:
-                state.status, state.error = "skipped", f"a step it needs did not complete: {', '.join(blocked)}"
+                state.fire("skip", error=f"a step it needs did not complete: {', '.join(blocked)}")
                 self._save(step, state)
                 self._event("step.skipped", step, error=state.error)
-            elif all(self.states[n].status in (*ok, "failed", "skipped", "refused") for n in step.needs):
+            elif all(self.states[n].status in (*ok, *StepStatus.STOPPED) for n in step.needs):
                 ready.append(step)
         return ready
 
@@ -252,15 +256,16 @@ class Engine:
         plan is ready and its gate is open, never waiting for a wave of other steps. A failed step
         stops only its dependants; a guardrail refusal stops scheduling anything new."""
         inflight: dict[Future[None], str] = {}
+        with self._lock:
+            self.lifecycle.fire("plan")
         while True:
             if not self._stop_scheduling:
                 for step in self._ready():
                     self._inflight.add(step.id)
-                    with self._lock:
-                        if self.lifecycle.state not in ("planning", "applying"):
-                            self.lifecycle.fire("plan")
                     inflight[pool.submit(self._run_step, ctx, step)] = step.id
             if not inflight:
+                if not self._stop_scheduling and not self.options.dry_run:
+                    self._plan_ahead(ctx)
                 return
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
             for future in done:
@@ -269,7 +274,7 @@ class Engine:
 
     def _run_step(self, ctx: ActionContext, step: Step) -> None:
         self._plan_step(ctx, step)
-        if self.options.dry_run or self.states[step.id].status != "planned":
+        if self.options.dry_run or self.states[step.id].status != StepStatus.PLANNED:
             return
         with self._lock:
             refusal = self._guard([step])
@@ -279,7 +284,7 @@ class Engine:
             return
         if self._gate(step):
             with self._lock:
-                self.lifecycle.fire("apply")
+                self.lifecycle.fire("apply")  # the first step to apply moves the run; later ones are internal
             self._apply_step(ctx, step)
 
     # ------------------------------------------------------------------ steps
@@ -292,26 +297,26 @@ class Engine:
             state.params = action.params_model.model_validate(raw)
             plan = action.plan(ctx, state.params)
         except ValidationError as exc:
-            state.status = "failed"
-            state.error = "; ".join(f"with.{format_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())
+            state.fire("fail", error="; ".join(f"with.{format_loc(tuple(e['loc']))}: {e['msg']}"
+                                               for e in exc.errors()))
         except STEP_ERRORS as exc:
-            state.status, state.error = "failed", _describe(exc)
+            state.fire("fail", error=_describe(exc))
         else:
             state.plan = plan
-            state.change_status = {c.digest: "planned" for c in plan.changes}
+            state.change_status = {c.digest: ChangeStatus.PLANNED for c in plan.changes}
             if self._resumed:  # a fresh run has journaled nothing for a step it has not applied yet
                 self._confirm_vanished(step, plan)
-            if self.options.dry_run:
-                state.status = "planned" if plan.changes else ("manual" if plan.manual else "noop")
-            elif plan.changes:
-                state.status = "planned"
+            if plan.changes:
+                state.fire("plan")
             elif plan.manual:
-                state.status = "manual"
+                state.fire("find_manual")
+            elif state.earlier and not self.options.dry_run:  # an earlier process applied all of it
+                state.fire("find_applied")
             else:
-                state.status = "applied" if state.earlier else "noop"
+                state.fire("find_done")
         ms = int((time.monotonic() - t0) * 1000)
         self._save(step, state)
-        if state.status == "failed":
+        if state.status == StepStatus.FAILED:
             self._event("step.failed", step, outcome="failed", error=state.error, duration_ms=ms)
             return
         assert state.plan is not None
@@ -321,7 +326,7 @@ class Engine:
             self._event("change.planned", step, operation=change.operation, target=change.target,
                         params=change.params, previous=change.previous, message=change.reason,
                         dry_run=self.options.dry_run)
-        if state.status == "manual":
+        if state.status == StepStatus.MANUAL:
             for text in state.plan.manual:
                 self._event("step.manual", step, message=text.splitlines()[0])
 
@@ -335,15 +340,16 @@ class Engine:
         for rec in self.journal.changes(self.run.run_id):
             if rec.step_id != step.id or rec.digest in current:
                 continue
-            if rec.status == "applying":
-                self.journal.change_finished(self.run.run_id, step.id, rec.digest, "applied")
+            if rec.status == ChangeStatus.APPLYING:
+                self.journal.change_finished(self.run.run_id, step.id, rec.digest, ChangeStatus.APPLIED)
                 self._event("change.applied", step, operation=rec.change["operation"], target=rec.change["target"],
-                            digest=rec.digest, outcome="applied", confirmed_by="replan")
-            if rec.status in ("applying", "applied", "already_done"):
+                            digest=rec.digest, outcome=ChangeStatus.APPLIED, confirmed_by="replan")
+            if rec.status in (ChangeStatus.APPLYING, *ChangeStatus.DONE):
                 change = Change.from_json(rec.change)
                 if change.digest not in {c.digest for c in state.earlier}:
                     state.earlier.append(change)
-                state.change_status[change.digest] = "applied" if rec.status == "applying" else rec.status
+                state.change_status[change.digest] = (ChangeStatus.APPLIED if rec.status == ChangeStatus.APPLYING
+                                                      else ChangeStatus(rec.status))
 
     def _scope(self) -> dict[str, Any]:
         found = self._template_scope().get("scope")
@@ -394,9 +400,9 @@ class Engine:
                 self._event("guard.capped", step, changes=len(plan.changes), message=note)
             if problems:
                 state = self.states[step.id]
-                state.status, state.error = "refused", "; ".join(dict.fromkeys(problems))
+                state.fire("refuse", error="; ".join(dict.fromkeys(problems)))
                 self._save(step, state)
-                self._event("step.refused", step, outcome="refused", error=state.error)
+                self._event("step.refused", step, outcome=state.status, error=state.error)
                 return f"step {step.id}: {state.error}"
         return None
 
@@ -415,14 +421,7 @@ class Engine:
             return True
         if recorded:
             self._event("approval.stale", step, message="the plan changed since it was approved; approve again")
-        pre = None
-        explicit = step.approval == "explicit" or step.id in self._capped  # only this step's own approval counts
-        if step.id in self.options.approve:
-            pre = f"pre-approved with --approve {step.id}"
-        elif self.options.approve_all and not explicit:
-            pre = "pre-approved with --approve-all"
-        elif step.id in self.config.approval.pre_approved_steps and not explicit:
-            pre = f"pre-approved by config ({self.config.source})"
+        pre = self._pre_approval(step)
         if pre is not None:
             self.record_approval(step, state.plan, self.options.by if "config" not in pre else "config",
                                  self.options.reason or pre)
@@ -432,11 +431,69 @@ class Engine:
         if asked:
             self.record_approval(step, state.plan, self.options.by, self.options.reason or "approved at the terminal")
             return True
-        state.status = "awaiting_approval"
+        state.fire("gate")
         self._save(step, state)
         self._event("step.awaiting_approval", step, changes=len(state.plan.changes),
                     message=f"approve with: stanch approve {self.run.run_id} --step {step.id}")
         return False
+
+    def _pre_approval(self, step: Step) -> str | None:
+        """Why this step's gate opens without a question (--approve, --approve-all, config), or None."""
+        explicit = step.approval == "explicit" or step.id in self._capped  # only this step's own approval counts
+        if step.id in self.options.approve:
+            return f"pre-approved with --approve {step.id}"
+        if self.options.approve_all and not explicit:
+            return "pre-approved with --approve-all"
+        if step.id in self.config.approval.pre_approved_steps and not explicit:
+            return f"pre-approved by config ({self.config.source})"
+        return None
+
+    def _plan_ahead(self, ctx: ActionContext) -> None:
+        """Nothing can move: every remaining step waits for an approval. A gated step whose needs are
+        all done or themselves awaiting approval is planned now, against live state, so every pending
+        gate shows at once and one `stanch approve --all-pending` covers the chain. Its approval binds
+        to this plan: after its needs apply it is planned again and applies without another question
+        only if the plan is covered by what was approved; a plan that changed pauses again."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for step in self.playbook.steps:
+                state = self.states[step.id]
+                needs = [self.states[n].status for n in step.needs]
+                if state.status != StepStatus.PENDING or step.id in self._ahead \
+                        or StepStatus.AWAITING_APPROVAL not in needs \
+                        or any(n not in (*StepStatus.DONE, StepStatus.AWAITING_APPROVAL) for n in needs) \
+                        or not self._needs_approval(step) or self._pre_approval(step) is not None:
+                    continue
+                self._ahead.add(step.id)
+                try:
+                    params = self.actions[step.id].params_model.model_validate(
+                        render(step.with_, self._template_scope()))
+                    plan = self.actions[step.id].plan(ctx, params)
+                except STEP_ERRORS as exc:  # planned properly (and reported) once its needs are done
+                    self._event("step.plan_ahead_failed", step, error=_describe(exc))
+                    continue
+                if not plan.changes:
+                    continue  # nothing to approve yet; it plans again after its needs
+                waiting = [n for n in step.needs if self.states[n].status == StepStatus.AWAITING_APPROVAL]
+                plan.notes.append(f"planned ahead of {', '.join(waiting)} (awaiting approval): approve it with them; "
+                                  "after they apply it is planned again and applies without another question "
+                                  "if its changes are the ones approved")
+                state.params, state.plan = params, plan
+                state.change_status = {c.digest: ChangeStatus.PLANNED for c in plan.changes}
+                state.fire("plan")
+                with self._lock:
+                    refusal = self._guard([step])  # the cap and protected principals: as for any plan
+                if refusal:
+                    self._refusal = refusal
+                    self._stop_scheduling = True
+                    return
+                state.fire("gate")
+                self._save(step, state)
+                self._event("step.awaiting_approval", step, changes=len(plan.changes), planned_ahead=True,
+                            needs=waiting, message=f"approve with: stanch approve {self.run.run_id} --step {step.id}"
+                                                   " (or --all-pending)")
+                progressed = True
 
     def record_approval(self, step: Step, plan: Plan, by: str, reason: str) -> None:
         self.journal.add_approval(ApprovalRecord(
@@ -449,7 +506,7 @@ class Engine:
         state = self.states[step.id]
         action = self.actions[step.id]
         assert state.plan is not None
-        state.status = "applying"
+        state.fire("apply")
         self._save(step, state)
         t0 = time.monotonic()
         changes = state.plan.changes
@@ -459,9 +516,9 @@ class Engine:
             results = ctx.fanout(lambda c: self._apply_change(ctx, step, action, c), changes)
         failures = [r for r in results if r]
         if failures:
-            state.status, state.error = "failed", "; ".join(failures)
+            state.fire("fail", error="; ".join(failures))
         else:
-            state.status = "manual" if state.plan.manual else "applied"
+            state.fire("hand_over" if state.plan.manual else "finish")
         self._save(step, state)
         ms = int((time.monotonic() - t0) * 1000)
         name = "step.failed" if failures else "step.applied"
@@ -470,22 +527,32 @@ class Engine:
     def _apply_change(self, ctx: ActionContext, step: Step, action: Action[Any], change: Change) -> str | None:
         state = self.states[step.id]
         rid = self.run.run_id
-        self.journal.change_started(rid, step.id, change.digest, change.to_json())
+        if not self.journal.change_started(rid, step.id, change.digest, change.to_json()):
+            # another worker holds this change, or sent it after this one planned: never sent twice
+            held = next((c for c in self.journal.changes(rid) if c.step_id == step.id and c.digest == change.digest),
+                        None)
+            theirs = held.status if held else "unknown"
+            state.change_status[change.digest] = ChangeStatus(theirs) if theirs in ChangeStatus.DONE \
+                else ChangeStatus.SKIPPED
+            self._event("change.skipped", step, operation=change.operation, target=change.target,
+                        digest=change.digest, outcome=ChangeStatus.SKIPPED,
+                        message=f"claimed by another worker ({theirs}); not sent again")
+            return None
         self._event("change.started", step, operation=change.operation, target=change.target, digest=change.digest)
         t0 = time.monotonic()
         try:
             outcome = action.apply(ctx, change)
         except STEP_ERRORS as exc:
             err = _describe(exc)
-            state.change_status[change.digest] = "failed"
-            self.journal.change_finished(rid, step.id, change.digest, "failed", err)
+            state.change_status[change.digest] = ChangeStatus.FAILED
+            self.journal.change_finished(rid, step.id, change.digest, ChangeStatus.FAILED, err)
             ms = int((time.monotonic() - t0) * 1000)
             self._event("change.failed", step, operation=change.operation, target=change.target,
-                        digest=change.digest, outcome="failed", error=err, duration_ms=ms)
+                        digest=change.digest, outcome=ChangeStatus.FAILED, error=err, duration_ms=ms)
             return f"{change.operation} {change.target}: {err}"
         if self.first_change_s is None:
             self.first_change_s = self._elapsed()
-        state.change_status[change.digest] = outcome
+        state.change_status[change.digest] = ChangeStatus(outcome)
         self.journal.change_finished(rid, step.id, change.digest, outcome)
         ms = int((time.monotonic() - t0) * 1000)
         self._event(f"change.{outcome}", step, operation=change.operation, target=change.target,
@@ -494,67 +561,71 @@ class Engine:
 
     # ------------------------------------------------------------------ settle
     def _settle(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
-        statuses = {s.id: self.states[s.id].status for s in self.playbook.steps}
+        statuses = [self.states[s.id].status for s in self.playbook.steps]
         if self._refusal:
             self.lifecycle.fire("refuse")
         elif self.options.dry_run:
-            self.lifecycle.fire("plan")
-            incomplete = any(st.status in ("failed", "skipped") for st in self.states.values())
+            incomplete = any(st in StepStatus.STOPPED for st in statuses)
             self.lifecycle.fire("fail" if incomplete else "finish_dry_run")
-        elif "awaiting_approval" in statuses.values() and not self._stop_scheduling:
+        elif StepStatus.AWAITING_APPROVAL in statuses and not self._stop_scheduling:
             self.lifecycle.fire("pause")
         else:
-            if self.lifecycle.state not in ("planning", "applying"):
-                self.lifecycle.fire("plan")
             self.lifecycle.fire("verify")
             for step in self.playbook.steps:
                 state = self.states[step.id]
-                if state.status == "pending":
-                    state.status = "skipped"
-                    state.error = "not started: a guardrail refused the run"
+                if state.status == StepStatus.PENDING:
+                    state.fire("skip", error="not started: a guardrail refused the run")
                     self._save(step, state)
                     self._event("step.skipped", step, error=state.error)
-            done = [s for s in self.playbook.steps if self.states[s.id].status in DONE
-                    and self.actions[s.id].risk != "read-only"]
+            # each step checks its own applied changes; a step that changed nothing reads nothing
+            done = [s for s in self.playbook.steps if self.states[s.id].status in StepStatus.DONE
+                    and self.actions[s.id].risk != "read-only" and self._applied(s)]
+            self.aws.reads.clear()  # verification reads AWS as it is now (steps still share those reads)
             list(pool.map(lambda s: self._verify_step(ctx, s), done))
             settle = self.config.verify.iam_settle_seconds
             unsettled = [s for s in done if self.states[s.id].verify_failures and any(
-                c.operation.startswith("iam:") for c in (self.states[s.id].plan or Plan()).changes)]
+                c.operation.startswith("iam:") for c in self._applied(s))]
             if unsettled and settle > 0:  # IAM is eventually consistent: look once more before judging
                 time.sleep(settle)
+                self.aws.reads.clear()
                 list(pool.map(lambda s: self._verify_step(ctx, s), unsettled))
             self.finished_s = self._elapsed()
             states = [self.states[s.id] for s in self.playbook.steps]
-            bad = [st for st in states if st.status in ("failed", "skipped", "pending", "awaiting_approval")
-                   or st.verify_failures]
+            bad = [st for st in states if st.status not in StepStatus.DONE or st.verify_failures]
             blind = self.coverage.blocking_gaps()
             for gap in blind:
                 self.log.info("coverage.gap", region=gap.region, service=gap.service, error=gap.error)
             if bad:
-                applied = any(st.status in ("applied", "manual") for st in states)
-                self.lifecycle.fire("contain_partially" if applied else "fail")
+                acted = any(st.status in StepStatus.ACTED for st in states)
+                self.lifecycle.fire("contain_partially" if acted else "fail")
             elif blind:  # what could not be searched may still hold attacker activity
                 self.lifecycle.fire("contain_partially")
-            elif any(st.status == "manual" for st in states):
+            elif any(st.status == StepStatus.MANUAL for st in states):
                 self.lifecycle.fire("need_manual")
             else:
                 self.lifecycle.fire("contain")
-        if self.lifecycle.is_terminal and not self.options.dry_run:
+        status = self.lifecycle.status
+        if status.is_terminal and not self.options.dry_run:
             self.journal.release(self.run.run_id)
         result = self.result()
-        self.journal.set_run_status(self.run.run_id, self.lifecycle.state, result)
-        self.log.info("run.finished", outcome=self.lifecycle.state, status=self.lifecycle.state,
+        self.journal.set_run_status(self.run.run_id, status, result)
+        self.log.info("run.finished", outcome=status, status=status,
                       duration_ms=int((time.monotonic() - self.started) * 1000))
+
+    def _applied(self, step: Step) -> list[Change]:
+        """The changes of `step` that hold in AWS by this run (this process or an earlier one)."""
+        state = self.states[step.id]
+        return [c for c in [*state.earlier, *(state.plan or Plan()).changes]
+                if state.change_status.get(c.digest) in ChangeStatus.DONE]
 
     def _verify_step(self, ctx: ActionContext, step: Step) -> None:
         state = self.states[step.id]
         action = self.actions[step.id]
+        state.fire("verify")  # legal only for a finished step; it checks and never moves it
         try:
             params = state.params or action.params_model.model_validate(
                 render(step.with_, self._template_scope()))
-            again = action.plan(ctx, params)
-            failures = [f"still to do: {c.operation} {c.target}" for c in again.changes]
-            failures += action.check(ctx, params)
+            failures = action.verify(ctx, params, self._applied(step))
         except STEP_ERRORS as exc:
             failures = [f"could not verify: {_describe(exc)}"]
         state.verify_failures = failures
@@ -565,52 +636,49 @@ class Engine:
 
     # ------------------------------------------------------------------ output
     def result(self) -> dict[str, Any]:
+        """The run document (DESIGN.md), as JSON-ready values."""
+        return self.document().dump()
+
+    def document(self) -> RunDocument:
+        """The run document as its typed model (runner/document.py)."""
         steps = []
         manual = []
         for step in self.playbook.steps:
             state = self.states[step.id]
             plan = state.plan or Plan()
-            changes = [c.to_json() | {"status": state.change_status.get(c.digest, "planned")}
+            changes = [ChangeDoc(**c.to_json(), status=state.change_status.get(c.digest, ChangeStatus.PLANNED))
                        for c in [*state.earlier, *plan.changes]]
-            entry: dict[str, Any] = {
-                "id": step.id, "action": step.action, "status": state.status, "changes": changes,
-                "error": state.error,
-            }
-            if self._needs_approval(step):
-                entry["approval"] = "explicit" if step.approval == "explicit" else "required"
-            if state.verify_failures:
-                entry["verification"] = state.verify_failures
-            if plan.notes:
-                entry["notes"] = plan.notes
-            steps.append(entry)
+            steps.append(StepDoc(
+                id=step.id, action=step.action, status=state.status, changes=changes, error=state.error,
+                approval=("explicit" if step.approval == "explicit" else "required") if self._needs_approval(step)
+                else None,
+                verification=state.verify_failures or None, notes=plan.notes or None,
+            ))
             first = self.actions[step.id].manual_first
-            manual += [{"step": step.id, "instructions": text, **({"first": True} if first else {})}
+            manual += [ManualAction(step=step.id, instructions=text, first=True if first else None)
                        for text in plan.manual]
-        manual.sort(key=lambda m: not m.get("first"))  # stable: urgent ones first, the rest in step order
-        doc: dict[str, Any] = {
-            "run_id": self.run.run_id, "incident_id": self.incident.id, "playbook": self.playbook.name,
-            "status": self.lifecycle.state, "dry_run": self.options.dry_run, "steps": steps,
-            "manual_actions": manual,
-        }
-        if self._refusal:
-            doc["error"] = self._refusal
-        elif self.coverage.blocking_gaps() and self.lifecycle.state == "partially_contained":
-            doc["error"] = "not everything could be searched, so containment is not confirmed: " + "; ".join(
+        manual.sort(key=lambda m: not m.first)  # stable: urgent ones first, the rest in step order
+        error = self._refusal
+        if error is None and self.coverage.blocking_gaps() and \
+                self.lifecycle.status == RunStatus.PARTIALLY_CONTAINED:
+            error = "not everything could be searched, so containment is not confirmed: " + "; ".join(
                 f"{g.service} in {g.region} ({g.error})" for g in self.coverage.blocking_gaps())
-        scope = self._template_scope().get("scope")
-        if scope is not None:
-            doc["scope"] = scope
-        activity = self._template_scope().get("attacker_activity")
-        if activity is not None:
-            doc["attacker_activity"] = activity.get("activity", [])
+        published = self._template_scope()
+        activity = published.get("attacker_activity")
+        evidence = None
         for step in self.playbook.steps:
             captured = self.states[step.id].plan
             if step.action.startswith("evidence.") and captured is not None and captured.outputs.get("path"):
-                doc["evidence"] = {"path": captured.outputs["path"],
-                                   "manifest_sha256": captured.outputs["manifest_sha256"]}
-        doc["coverage"] = self.coverage.to_json()
-        doc["metrics"] = self.metrics()
-        return doc
+                evidence = Evidence(path=captured.outputs["path"], manifest_sha256=captured.outputs["manifest_sha256"])
+        return RunDocument(
+            run_id=self.run.run_id, incident_id=self.incident.id, playbook=self.playbook.name,
+            status=self.lifecycle.status, dry_run=self.options.dry_run, steps=steps, manual_actions=manual,
+            assumed_role=assumed.to_json() if (assumed := getattr(self.aws, "assumed_role", None)) else None,
+            error=error, scope=published.get("scope"),
+            attacker_activity=activity.get("activity", []) if activity is not None else None,
+            evidence=evidence, coverage=CoverageDoc.model_validate(self.coverage.to_json()),
+            metrics=Metrics.model_validate(self.metrics()),
+        )
 
     def _elapsed(self) -> float:
         """Seconds since the run started (its first process), paused time included."""
@@ -618,7 +686,7 @@ class Engine:
 
     def metrics(self) -> dict[str, Any]:
         calls = self.aws.call_counts()
-        contained = self.finished_s if self.lifecycle.state in ("contained", "needs_manual_action") else None
+        contained = self.finished_s if self.lifecycle.status in RunStatus.DONE else None
         elapsed = self._elapsed()
         return {
             "time_to_first_change_s": self.first_change_s,
@@ -627,6 +695,7 @@ class Engine:
             "paused_s": round(self.paused_s, 3),
             "active_s": round(max(0.0, elapsed - self.paused_s), 3),
             "api_calls_total": sum(calls.values()), "api_calls": calls,
+            "api_calls_cached": sum(self.aws.cached_counts().values()),
             "refused_writes": list(self.aws.refused),
         }
 
@@ -676,5 +745,3 @@ def _describe(exc: BaseException) -> str:
     return clean_message(f"{type(exc).__name__}: {exc}", limit=2000)
 
 
-def exit_code(status: str) -> int:
-    return EXIT_CODES.get(status, EXIT_BAD_INPUT)

@@ -42,6 +42,12 @@ class StanchError(Exception):
         self.message = message
 
 
+class MissingExtraError(StanchError):
+    """An optional part of stanch is not installed (e.g. moto for `stanch drill`): the message says how."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class InputError(StanchError):
     """Bad input (incident, playbook, config, arguments). Nothing was changed."""
 

@@ -2,7 +2,7 @@
 
 `Journal` is the interface the engine uses; `SqliteJournal` is the default backend, one file
 in the state directory. A shared backend (e.g. DynamoDB with conditional writes) implements
-the same protocol.
+the same protocol (`runner.dynamo_journal.DynamoJournal`); `open_journal` picks one from the config.
 """
 
 from __future__ import annotations
@@ -14,17 +14,22 @@ import re
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from runner.audit import redact_value
 from runner.errors import InputError, Problem, RefusedError, RunLockedError, UnknownRunError
+from runner.status import RunStatus
 
-ACTIVE_STATUSES = ("pending", "planning", "awaiting_approval", "applying", "verifying")
+if TYPE_CHECKING:
+    from runner.config import Config, JournalSection
+
+ACTIVE_STATUSES = tuple(str(s) for s in RunStatus.ACTIVE)
 
 
 def _stored(value: Any) -> str:
@@ -117,7 +122,8 @@ class Journal(Protocol):
     def save_step(self, run_id: str, step_id: str, status: str,
                   plan: dict[str, Any] | None, error: str | None = None) -> None: ...
     def steps(self, run_id: str) -> dict[str, StepRecord]: ...
-    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None: ...
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> bool:
+        """Record that a change is about to be sent; False: another worker holds or finished it (do not send)."""
     def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
                         error: str | None = None) -> None: ...
     def changes(self, run_id: str) -> list[ChangeRecord]: ...
@@ -126,6 +132,9 @@ class Journal(Protocol):
     def hold(self, run_id: str) -> AbstractContextManager[None]: ...
     def add_anchor(self, anchor: AnchorRecord) -> None: ...
     def anchors(self, run_id: str | None = None) -> list[AnchorRecord]: ...
+    def has_run(self, run_id: str) -> bool: ...
+    def is_held(self, run_id: str) -> bool: ...
+    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -178,9 +187,58 @@ def secure_state_dir(state: Path) -> None:
     os.close(fd)  # SQLite gives its -wal and -shm files the database file's mode
 
 
+def journal_settings(config: Config | None = None) -> JournalSection:
+    """The `[journal]` section, overridden by STANCH_JOURNAL (`sqlite`, or `dynamodb://TABLE[?region=R]`)."""
+    from pydantic import ValidationError
+
+    from runner.config import JournalSection, load_config
+
+    section = (config or load_config(None)).journal
+    raw = os.environ.get("STANCH_JOURNAL", "").strip()
+    if not raw:
+        return section
+    where = "STANCH_JOURNAL"
+    if raw in ("sqlite", "sqlite://"):
+        return section.model_copy(update={"backend": "sqlite"})
+    url = urlsplit(raw)
+    query = parse_qs(url.query)
+    unknown = sorted(set(query) - {"region", "endpoint_url"})
+    if url.scheme != "dynamodb" or not url.netloc or url.path not in ("", "/") or unknown:
+        raise InputError(where, [Problem(raw, "not a journal: use sqlite or dynamodb://TABLE[?region=REGION]"
+                                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))])
+    try:
+        return JournalSection.model_validate({**section.model_dump(), "backend": "dynamodb", "table": url.netloc,
+                                              **{k: v[-1] for k, v in query.items()}})
+    except ValidationError as exc:
+        raise InputError(where, [Problem(".".join(map(str, e["loc"])) or raw, e["msg"])
+                                 for e in exc.errors()]) from None
+
+
+def open_journal(state: Path, config: Config | None = None) -> Journal:
+    """The journal the configuration selects: SQLite in `state` (default), or the DynamoDB table
+    shared by every machine with the same `[journal]` (or STANCH_JOURNAL)."""
+    settings = journal_settings(config)
+    if settings.backend == "sqlite":
+        return SqliteJournal(state)
+    from runner.dynamo_journal import DynamoJournal
+
+    return DynamoJournal(settings.table, region=settings.region or None, endpoint_url=settings.endpoint_url or None,
+                         lease_seconds=settings.lease_seconds, ttl_days=settings.ttl_days)
+
+
+@dataclass
+class _Write:
+    """One journal write waiting for its commit."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class SqliteJournal:
-    """SQLite journal. One connection shared by the run's threads, serialised by a lock;
-    every write is its own committed transaction (WAL, synchronous=FULL)."""
+    """SQLite journal. One connection shared by the run's threads, serialised by a lock; every write
+    is committed (WAL, synchronous=FULL) before it returns, and the step and change records that
+    threads write at the same moment share one commit (group commit)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "journal.sqlite3"
@@ -192,6 +250,8 @@ class SqliteJournal:
                                                           "--state-dir or set STANCH_STATE_DIR")]) from None
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Write] = []
         try:
             with self._lock:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -234,6 +294,40 @@ class SqliteJournal:
                 raise
             self._db.execute("COMMIT")
 
+    def _grouped(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        """Run `work` in a committed transaction; return once it is durable. Group commit: writes that
+        threads make while a commit is under way go into the next transaction together (one fsync),
+        each under its own savepoint, so one that fails is undone alone and fails only its caller."""
+        pending = _Write(work)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._lock:
+            if not pending.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for item in batch:
+                        self._db.execute("SAVEPOINT one")
+                        try:
+                            item.work(self._db)
+                        except Exception as exc:  # noqa: BLE001  (raised in the caller that made this write)
+                            self._db.execute("ROLLBACK TO one")
+                            item.error = exc
+                        self._db.execute("RELEASE one")
+                    self._db.execute("COMMIT")
+                except BaseException as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    for item in batch:
+                        item.error = item.error or exc
+                    raise
+                finally:
+                    for item in batch:
+                        item.done = True
+        if pending.error is not None:
+            raise pending.error
+
     def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
@@ -274,12 +368,17 @@ class SqliteJournal:
         return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", limit)]
 
     def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None:
-        with self._tx() as db:
-            if result is None:
-                db.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, now_iso(), run_id))
+        at = now_iso()
+        stored = None if result is None else _stored(result)
+
+        def write(db: sqlite3.Connection) -> None:
+            if stored is None:
+                db.execute("UPDATE runs SET status=?, updated_at=? WHERE run_id=?", (status, at, run_id))
             else:
                 db.execute("UPDATE runs SET status=?, updated_at=?, result=? WHERE run_id=?",
-                           (status, now_iso(), _stored(result), run_id))
+                           (status, at, stored, run_id))
+
+        self._grouped(write)
 
     def release(self, run_id: str) -> None:
         with self._tx() as db:
@@ -288,13 +387,11 @@ class SqliteJournal:
     # -- steps and changes ---------------------------------------------------------------
     def save_step(self, run_id: str, step_id: str, status: str,
                   plan: dict[str, Any] | None, error: str | None = None) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO steps VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, step_id) DO UPDATE SET "
-                "status=excluded.status, plan=COALESCE(excluded.plan, steps.plan), error=excluded.error, "
-                "updated_at=excluded.updated_at",
-                (run_id, step_id, status, _stored(plan) if plan is not None else None, _text(error), now_iso()),
-            )
+        row = (run_id, step_id, status, _stored(plan) if plan is not None else None, _text(error), now_iso())
+        self._grouped(lambda db: db.execute(
+            "INSERT INTO steps VALUES (?,?,?,?,?,?) ON CONFLICT(run_id, step_id) DO UPDATE SET "
+            "status=excluded.status, plan=COALESCE(excluded.plan, steps.plan), error=excluded.error, "
+            "updated_at=excluded.updated_at", row))
 
     def steps(self, run_id: str) -> dict[str, StepRecord]:
         return {
@@ -303,19 +400,19 @@ class SqliteJournal:
             for r in self._rows("SELECT * FROM steps WHERE run_id=?", run_id)
         }
 
-    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, digest) DO UPDATE SET "
-                "status=excluded.status, started_at=excluded.started_at, error=NULL",
-                (run_id, step_id, digest, "applying", json.dumps(change), None, now_iso(), None),
-            )
+    def change_started(self, run_id: str, step_id: str, digest: str, change: dict[str, Any]) -> bool:
+        """One process executes a run (`hold`), so the change is always this process's to send."""
+        row = (run_id, step_id, digest, "applying", json.dumps(change), None, now_iso(), None)
+        self._grouped(lambda db: db.execute(
+            "INSERT INTO changes VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id, step_id, digest) DO UPDATE SET "
+            "status=excluded.status, started_at=excluded.started_at, error=NULL", row))
+        return True
 
     def change_finished(self, run_id: str, step_id: str, digest: str, status: str,
                         error: str | None = None) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE changes SET status=?, error=?, finished_at=? WHERE run_id=? AND step_id=? AND digest=?",
-                       (status, _text(error), now_iso(), run_id, step_id, digest))
+        row = (status, _text(error), now_iso(), run_id, step_id, digest)
+        self._grouped(lambda db: db.execute(
+            "UPDATE changes SET status=?, error=?, finished_at=? WHERE run_id=? AND step_id=? AND digest=?", row))
 
     def changes(self, run_id: str) -> list[ChangeRecord]:
         return [

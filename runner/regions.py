@@ -168,13 +168,31 @@ def scan_regions(ctx: ActionContext, service: str, fn: Callable[[str], R], regio
     """Run `fn(region)` for every region concurrently; a region whose `service` endpoint fails is
     recorded as a coverage gap (not raised) and left out of the results."""
 
+    regions = list(regions)
+    for region in regions:
+        ctx.progress(region, service, "pending")
+
     def one(region: str) -> tuple[bool, R | None]:
+        ctx.progress(region, service, "running")
         try:
             result = fn(region)
         except (ClientError, BotoCoreError) as exc:
             ctx.coverage.gap(region, service, exc)
+            ctx.progress(region, service, "gap", error=summarise_error(exc))
             return False, None
         ctx.coverage.searched(region, service)
+        ctx.progress(region, service, "done", found=found_count(result))
         return True, result
 
     return [cast(R, r) for ok, r in ctx.fanout(one, list(regions)) if ok]
+
+
+def found_count(result: Any) -> int:
+    """How many things a region scan found: the length of its result, or of its first list (what is in
+    scope; the rest of a tuple is what was left alone)."""
+    found = getattr(result, "found", None)  # a read that only classifies later says what it read
+    if isinstance(found, int):
+        return found
+    if isinstance(result, tuple) and result and isinstance(result[0], list | dict):
+        return len(result[0])
+    return len(result) if isinstance(result, list | dict) else 0

@@ -21,7 +21,7 @@ from actions.registry import builtin_registry
 from runner.awserrors import clean_message, summarize_error
 from runner.config import load_config
 from runner.errors import InputError, Problem
-from runner.journal import ApprovalRecord, ChangeRecord, RunRecord, SqliteJournal
+from runner.journal import ApprovalRecord, ChangeRecord, RunRecord, open_journal
 from runner.labels import operation_label
 from runner.report_facts import (
     attacker_origins,
@@ -30,9 +30,12 @@ from runner.report_facts import (
     mining_cost,
     recommendations,
 )
+from runner.status import ChangeStatus, StepStatus
 from runner.ui import change_line, describe_change
 
-APPLIED = ("applied", "already_done")
+APPLIED = ChangeStatus.DONE
+#: actions that contain the root user's credentials (their manual part is the root key's hand-over)
+ROOT_ACTIONS = ("iam.contain-root-credentials", "iam.delete-root-access-keys")
 
 
 def _load(path: Path) -> Any:
@@ -74,7 +77,7 @@ class RunHistory:
 
 def load_history(ref: str, state: Path) -> tuple[str, list[RunHistory]]:
     """The incident id and every run of it, oldest first. `ref` is an incident id or a run id."""
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         runs = journal.list_runs(limit=100_000)
         incident_id = next((r.incident_id for r in runs if r.run_id == ref), ref)
@@ -395,27 +398,30 @@ def _containment(actions: list[dict[str, Any]], result: dict[str, Any], scope: d
     """The client's immediate-containment checklist, each item with what was done and what is left."""
     done = [a for a in actions if a["result"] in APPLIED and a["kind"] == "containment"]
     undone = [a for a in actions if a["result"] in APPLIED and a["kind"] == "rollback"]
-    left = {s["id"] for s in result.get("steps", []) if s["status"] in ("awaiting_approval", "failed", "skipped")}
+    # steps are known by the action they run, never by a playbook's step ids
+    action_of = {s["id"]: s.get("action", "") for s in result.get("steps", [])}
+    left = {s["id"] for s in result.get("steps", [])
+            if s["status"] in (StepStatus.AWAITING_APPROVAL, StepStatus.FAILED, StepStatus.SKIPPED)}
 
     def count(*ops: str) -> int:
         return sum(1 for a in done if a["operation"] in ops)
 
-    def item(what: str, parts: list[str], needed: bool, steps: tuple[str, ...], extra: str = "") -> dict[str, Any]:
-        waiting = sorted(left & set(steps))
+    def item(what: str, parts: list[str], needed: bool, acts: tuple[str, ...], extra: str = "") -> dict[str, Any]:
+        waiting = sorted(s for s in left if action_of[s] in acts)
         status = "not needed" if not needed else ("pending" if waiting or not parts else "done")
         detail = "; ".join(parts) + (f"; not done: {', '.join(waiting)}" if waiting else "") + extra
         return {"item": what, "status": status, "detail": detail or "nothing in scope"}
 
     keys = count("iam:UpdateAccessKey")
     root = scope.get("root") or {}
-    root_manual = any("root" in m["step"] for m in result.get("manual_actions", []))
+    root_manual = any(action_of.get(m["step"]) in ROOT_ACTIONS for m in result.get("manual_actions", []))
     parts = tally((keys, "attacker access key(s) deactivated"))
     if count("organizations:AttachPolicy"):
         parts.append("an SCP denies the root user")
     if count("iam:DeleteAccessKey"):
         parts.append(f"{count('iam:DeleteAccessKey')} root access key(s) deleted")
     root_item = item("Revoke all AWS keys, including root", parts, bool(keys or root.get("access_keys_present")),
-                     ("deactivate-keys", "delete-root-keys"))
+                     ("iam.deactivate-access-keys", "iam.delete-root-access-keys"))
     if root_manual:
         root_item.update(status="pending", detail=root_item["detail"] + "; root key: a manual action for a person")
     reverted = sum(1 for a in undone if a["operation"] == "ecs:UpdateService")
@@ -427,13 +433,14 @@ def _containment(actions: list[dict[str, Any]], result: dict[str, Any], scope: d
             (count("iam:DeleteLoginProfile"), "console password(s) deleted"),
             (count("iam:DeactivateMFADevice"), "MFA device(s) deactivated"),
             (count("iam:RemoveUserFromGroup"), "group membership(s) removed")),
-             principals, ("quarantine-principals", "delete-login-profiles", "remove-from-groups")),
+             principals, ("iam.quarantine-principals", "iam.delete-login-profiles", "iam.remove-from-groups")),
         item("Detach AdministratorAccess", tally(
             (count("iam:DetachUserPolicy", "iam:DetachGroupPolicy", "iam:DetachRolePolicy"), "attachment(s) removed")),
-             principals, ("detach-admin-policies",)),
+             principals, ("iam.detach-admin-policies",)),
         item("Stop ECS services and tasks running unauthorized workloads", tally(
             (count("ecs:UpdateService"), "service(s) scaled to 0"), (count("ecs:StopTask"), "task(s) stopped")),
-             bool(scope.get("ecs_services") or scope.get("ecs_tasks")), ("scale-miner-services", "stop-miner-tasks"),
+             bool(scope.get("ecs_services") or scope.get("ecs_tasks")),
+             ("ecs.scale-services-to-zero", "ecs.stop-tasks"),
              f"; {reverted} service(s) scaled back up by a rollback" if reverted else ""),
     ]
 
@@ -446,7 +453,7 @@ def tally(*counted: tuple[int, str]) -> list[str]:
 def _not_done(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"step": s["id"], "action": s.get("action", ""), "status": s["status"], "changes": len(s["changes"]),
              "error": summarize_error(s.get("error")) if s.get("error") else None}
-            for s in result.get("steps", []) if s["status"] in ("awaiting_approval", "failed", "skipped", "refused")]
+            for s in result.get("steps", []) if s["status"] in (StepStatus.AWAITING_APPROVAL, *StepStatus.STOPPED)]
 
 
 def _evidence(result: dict[str, Any], bundle: Path | None, actions: list[dict[str, Any]]) -> dict[str, Any]:

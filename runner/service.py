@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from actions.registry import Registry, builtin_registry
-from runner.audit import current_head, make_logger, redact_value
+from runner.audit import GENESIS, AuditWriter, current_head, make_logger, redact_value
 from runner.aws import AwsSession
 from runner.config import Config, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
-from runner.journal import AnchorRecord, ApprovalRecord, RunRecord, SqliteJournal, now_iso
-from runner.lifecycle import ACTIVE
+from runner.journal import AnchorRecord, ApprovalRecord, Journal, RunRecord, now_iso, open_journal
+from runner.lifecycle import ACTIVE, RunLifecycle
 from runner.playbook import Playbook, load_playbook, parse_playbook
+from runner.status import ChangeStatus, RunStatus, StepStatus
 
 
 def state_dir(explicit: str | None) -> Path:
@@ -64,21 +65,34 @@ def _session(aws_opts: AwsOptions, incident: Incident, config: Config, dry_run: 
     )
 
 
+def account_session(session: AwsSession, incident: Incident, config: Config, run_id: str) -> AwsSession:
+    """The session a run works with: the runner's own, or, for an incident in another account with
+    `[accounts] role_name` set, the role assumed there (session name = the run id). Without that
+    config the engine refuses credentials for another account."""
+    role = config.accounts.role_name
+    if not role or session.identity().account == incident.account_id:
+        return session
+    return session.assume_member(incident.account_id, role, run_id=run_id, external_id=config.accounts.external_id)
+
+
 def start_run(
     incident: Incident, *, playbook_ref: str | None, config_path: str | None, options: RunOptions,
     aws_opts: AwsOptions, state: Path, prompt: Prompt | None = None, stream: TextIO | None = sys.stderr,
     registry: Registry | None = None, session: AwsSession | None = None,
-    trail: tuple[list[dict[str, Any]], list[str]] = ([], []),
+    trail: tuple[list[dict[str, Any]], list[str]] = ([], []), journal: Journal | None = None,
 ) -> Outcome:
+    """Record and execute a new run. `journal`: the one to use instead of the one the config selects."""
     registry = registry or builtin_registry()
     config = load_config(config_path)
     playbook = choose_playbook(incident, playbook_ref, config, registry)
     session = session or _session(aws_opts, incident, config, options.dry_run)
-    session.identity()  # credentials, profile and endpoint fail here, before a run is recorded or locked
-    journal = SqliteJournal(state)
     run_id = new_run_id()
+    # credentials, profile, endpoint and the member role fail here, before a run is recorded or locked
+    session = account_session(session, incident, config, run_id)
+    session.identity()
+    journal = journal or open_journal(state, config)
     record = RunRecord(
-        run_id=run_id, incident_id=incident.id, playbook=playbook.name, status="pending",
+        run_id=run_id, incident_id=incident.id, playbook=playbook.name, status=RunStatus.PENDING,
         dry_run=options.dry_run, created_at=now_iso(), updated_at=now_iso(), incident=incident.to_json(),
         options={**options.to_json(), **aws_opts.to_json(), "playbook_ref": playbook.source
                  if playbook_ref else playbook.name, "config": config_path,
@@ -89,7 +103,7 @@ def start_run(
     try:
         journal.create_run(record, lock=not options.dry_run)
         if trail[0]:
-            save_trail(state, run_id, trail)
+            save_trail(state, run_id, trail, journal)
         with journal.hold(run_id):
             return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
                             prompt, stream, session, resume=False, trail=trail)
@@ -97,10 +111,23 @@ def start_run(
         journal.close()
 
 
-def anchor(journal: SqliteJournal, state: Path, run_id: str, result: dict[str, Any] | None = None) -> None:
+def audit_sink(journal: Journal, state: Path, run_id: str) -> Path | AuditWriter:
+    """Where a run's audit events go: the state directory's log, or (DynamoDB journal) the run's log
+    in the journal table, readable from every machine."""
+    from runner.dynamo_journal import DynamoJournal
+
+    return journal.audit_log(run_id) if isinstance(journal, DynamoJournal) else state / "audit.jsonl"
+
+
+def anchor(journal: Journal, state: Path, run_id: str, result: dict[str, Any] | None = None) -> None:
     """Record the audit log's head (and the run's evidence manifest digest) in the journal, a second
     store that `stanch audit verify` and `stanch evidence verify` check the files against."""
-    seq, digest = current_head(state / "audit.jsonl")
+    from runner.dynamo_journal import DynamoJournal
+
+    if isinstance(journal, DynamoJournal):
+        seq, digest = journal.audit_head(run_id) or (0, GENESIS)
+    else:
+        seq, digest = current_head(state / "audit.jsonl")
     evidence = (result or {}).get("evidence") or {}
     manifest = evidence.get("manifest_sha256")
     if manifest is None:  # an approval or a cancellation: keep the digest the run recorded
@@ -111,13 +138,15 @@ def anchor(journal: SqliteJournal, state: Path, run_id: str, result: dict[str, A
 
 
 def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
-             journal: SqliteJournal, aws_opts: AwsOptions, options: RunOptions, state: Path, prompt: Prompt | None,
+             journal: Journal, aws_opts: AwsOptions, options: RunOptions, state: Path, prompt: Prompt | None,
              stream: TextIO | None, session: AwsSession | None, *, resume: bool,
              trail: tuple[list[dict[str, Any]], list[str]] = ([], [])) -> Outcome:
-    log = make_logger(state / "audit.jsonl", stream, run_id=record.run_id, incident_id=incident.id,
+    log = make_logger(audit_sink(journal, state, record.run_id), stream, run_id=record.run_id, incident_id=incident.id,
                       playbook=playbook.name, dry_run=options.dry_run)
+    aws = account_session(session or _session(aws_opts, incident, config, options.dry_run), incident, config,
+                          record.run_id)
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
-                    journal=journal, aws=session or _session(aws_opts, incident, config, options.dry_run), log=log,
+                    journal=journal, aws=aws, log=log,
                     options=options, prompt=prompt,
                     evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail)
     result: dict[str, Any] | None = None
@@ -133,7 +162,7 @@ def resume_run(
     stream: TextIO | None = sys.stderr, registry: Registry | None = None, session: AwsSession | None = None,
 ) -> Outcome:
     registry = registry or builtin_registry()
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         journal.get_run(run_id)  # an unknown run is bad input before anything is locked
         with journal.hold(run_id):  # a second resume of this run is refused, never run alongside
@@ -142,7 +171,7 @@ def resume_run(
         journal.close()
 
 
-def _resume_held(run_id: str, journal: SqliteJournal, options: RunOptions, state: Path, prompt: Prompt | None,
+def _resume_held(run_id: str, journal: Journal, options: RunOptions, state: Path, prompt: Prompt | None,
                  stream: TextIO | None, registry: Registry, session: AwsSession | None) -> Outcome:
     record = journal.get_run(run_id)  # read again under the lock: another resume may have finished it
     if record.status not in ACTIVE:
@@ -157,18 +186,25 @@ def _resume_held(run_id: str, journal: SqliteJournal, options: RunOptions, state
                       by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
     aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
     return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
-                    stream, session, resume=True, trail=load_trail(state, run_id))
+                    stream, session, resume=True, trail=load_trail(state, run_id, journal))
 
 
 def _trail_path(state: Path, run_id: str) -> Path:
     return state / "trails" / f"{run_id}.json.gz"
 
 
-def save_trail(state: Path, run_id: str, trail: tuple[list[dict[str, Any]], list[str]]) -> None:
-    """The CloudTrail records a run was given, kept with the run so a resume attributes the same way."""
+def save_trail(state: Path, run_id: str, trail: tuple[list[dict[str, Any]], list[str]],
+               journal: Journal | None = None) -> None:
+    """The CloudTrail records a run was given, kept with the run so a resume attributes the same way
+    (in the DynamoDB journal: in the table, so a resume on another machine has them too)."""
     import gzip
     import json
 
+    from runner.dynamo_journal import DynamoJournal
+
+    if isinstance(journal, DynamoJournal):
+        journal.put_attachment(run_id, "trail", {"sources": trail[1], "Records": trail[0]})
+        return
     path = _trail_path(state, run_id)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -176,10 +212,15 @@ def save_trail(state: Path, run_id: str, trail: tuple[list[dict[str, Any]], list
         f.write(gzip.compress(json.dumps({"sources": trail[1], "Records": trail[0]}).encode()))
 
 
-def load_trail(state: Path, run_id: str) -> tuple[list[dict[str, Any]], list[str]]:
+def load_trail(state: Path, run_id: str, journal: Journal | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     import gzip
     import json
 
+    from runner.dynamo_journal import DynamoJournal
+
+    if isinstance(journal, DynamoJournal):
+        kept = journal.get_attachment(run_id, "trail") or {}
+        return list(kept.get("Records", [])), list(kept.get("sources", []))
     path = _trail_path(state, run_id)
     if not path.is_file():
         return [], []
@@ -191,13 +232,13 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
                   state: Path) -> list[ApprovalRecord]:
     """Approve the named steps of a paused run, or (`step_ids=None`) every step awaiting approval,
     each bound to the plan it showed. Unknown or not-waiting steps are refused before any is recorded."""
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         record = journal.get_run(run_id)
         steps = journal.steps(run_id)
-        waiting = sorted(s for s, r in steps.items() if r.status == "awaiting_approval")
+        waiting = sorted(s for s, r in steps.items() if r.status == StepStatus.AWAITING_APPROVAL)
         hint = f"steps awaiting approval: {', '.join(waiting)}" if waiting else "no step awaits approval"
-        if record.status != "awaiting_approval" or not waiting:
+        if record.status != RunStatus.AWAITING_APPROVAL or not waiting:
             raise InputError("--step", [Problem(run_id, f"run {run_id} is {record.status}; {hint}")])
         # a step that only its own approval may open (contain-suspects) is never part of --all-pending
         explicit = {s["id"] for s in (record.result or {}).get("steps", []) if s.get("approval") == "explicit"}
@@ -212,7 +253,7 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
         if bad:
             raise InputError("--step", [Problem(s, f"run {run_id} has no step '{s}' awaiting approval ({hint})")
                                         for s in bad])
-        log = make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
+        log = make_logger(audit_sink(journal, state, run_id), None, run_id=run_id, incident_id=record.incident_id,
                           playbook=record.playbook, dry_run=record.dry_run)
         recorded = []
         for step_id in wanted:
@@ -243,7 +284,7 @@ def rollback_run(
     changes of those steps and/or on those ARNs (a partial rollback)."""
     import yaml
 
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         record = journal.get_run(run_id)
     finally:
@@ -253,7 +294,7 @@ def rollback_run(
                                               f"(stanch resume) or give it up (stanch cancel) first")])
     applied = [{k: c[k] for k in ("operation", "target", "params", "previous")}
                for s in (record.result or {}).get("steps", []) for c in s.get("changes", [])
-               if c.get("status") == "applied"]
+               if c.get("status") == ChangeStatus.APPLIED]
     if not applied:
         raise InputError(run_id, [Problem("", f"run {run_id} applied no change; there is nothing to roll back")])
     if steps or targets:
@@ -276,7 +317,7 @@ def rollback_run(
 
 def _pick_changes(record: RunRecord, run_id: str, steps: list[str], targets: list[str]) -> list[dict[str, Any]]:
     """The applied changes of the named steps and/or targets; unknown names are bad input."""
-    by_step = {s["id"]: [c for c in s.get("changes", []) if c.get("status") == "applied"]
+    by_step = {s["id"]: [c for c in s.get("changes", []) if c.get("status") == ChangeStatus.APPLIED]
                for s in (record.result or {}).get("steps", [])}
     known_steps = sorted(k for k, v in by_step.items() if v)
     known_targets = sorted({c["target"] for v in by_step.values() for c in v})
@@ -293,27 +334,29 @@ def _pick_changes(record: RunRecord, run_id: str, steps: list[str], targets: lis
 
 def cancel_run(run_id: str, *, by: str, reason: str, state: Path) -> RunRecord:
     """Give up on an unfinished run (status cancelled, lock released). Nothing is reverted."""
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         record = journal.get_run(run_id)
         if record.status not in ACTIVE:
             raise InputError(run_id, [Problem("", f"run {run_id} is already {record.status}")])
         result = dict(record.result or {}) or _partial_document(record, journal)
-        result.update(status="cancelled", cancelled={"by": by, "reason": reason, "at": now_iso()})
-        journal.set_run_status(run_id, "cancelled", result)
+        lifecycle = RunLifecycle(record.status, lambda _: None)
+        lifecycle.fire("cancel")  # a responder giving up on an unfinished run
+        result.update(status=lifecycle.status, cancelled={"by": by, "reason": reason, "at": now_iso()})
+        journal.set_run_status(run_id, lifecycle.status, result)
         journal.release(run_id)
-        make_logger(state / "audit.jsonl", None, run_id=run_id, incident_id=record.incident_id,
+        make_logger(audit_sink(journal, state, run_id), None, run_id=run_id, incident_id=record.incident_id,
                     playbook=record.playbook, dry_run=record.dry_run).info(
-            "run.cancelled", by=by, message=reason, outcome="cancelled", status="cancelled")
+            "run.cancelled", by=by, message=reason, outcome=lifecycle.status, status=lifecycle.status)
         anchor(journal, state, run_id)
-        record.status = "cancelled"
+        record.status = lifecycle.status
         record.result = result
         return record
     finally:
         journal.close()
 
 
-def _partial_document(record: RunRecord, journal: SqliteJournal) -> dict[str, Any]:
+def _partial_document(record: RunRecord, journal: Journal) -> dict[str, Any]:
     """A run document from the journal's steps, for a run whose process never finished."""
     return {
         "run_id": record.run_id, "incident_id": record.incident_id, "playbook": record.playbook,
@@ -327,7 +370,7 @@ def _partial_document(record: RunRecord, journal: SqliteJournal) -> dict[str, An
 def list_runs(state: Path, *, incident: str | None = None, status: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
     """Recent runs, newest first, optionally of one incident and/or in one status."""
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         runs = journal.list_runs(limit=100_000 if incident or status else limit)
     finally:
@@ -342,7 +385,7 @@ def list_runs(state: Path, *, incident: str | None = None, status: str | None = 
 def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
     if run_id is None:
         return list_runs(state)
-    journal = SqliteJournal(state)
+    journal = open_journal(state)
     try:
         record = journal.get_run(run_id)
         doc: dict[str, Any] = dict(record.result) if record.result else _partial_document(record, journal)
@@ -358,7 +401,10 @@ def audit_problems(state: Path) -> tuple[list[str], int | None]:
     """(problems, number of lines) of the state directory's audit log, checked against the heads its
     journal anchored; (.., None) when there is neither a log nor a journal to check."""
     from runner.audit import Anchor, verify_chain
+    from runner.journal import SqliteJournal, journal_settings
 
+    if journal_settings().backend == "dynamodb":
+        return _table_audit_problems(state)
     path = state / "audit.jsonl"
     journal_path = state / "journal.sqlite3"
     anchors: list[Anchor] = []
@@ -382,13 +428,42 @@ def audit_problems(state: Path) -> tuple[list[str], int | None]:
     return problems, lines
 
 
+def _table_audit_problems(state: Path) -> tuple[list[str], int | None]:
+    """`audit_problems` for the DynamoDB journal: every run's chain in the table, against its head and the
+    heads the journal anchored for it. Runs past their TTL (being deleted by DynamoDB) are skipped."""
+    from runner.audit import Anchor, verify_lines
+    from runner.dynamo_journal import DynamoJournal
+
+    journal = open_journal(state)
+    assert isinstance(journal, DynamoJournal)
+    problems: list[str] = []
+    total = 0
+    records = [r for r in journal.list_runs(limit=1_000_000) if not journal.run_expired(r)]
+    for record in records:
+        rid = record.run_id
+        lines = journal.audit_lines(rid)
+        total += len(lines)
+        head = journal.audit_head(rid)
+        anchors = [Anchor(a.run_id, a.audit_seq, a.audit_sha256) for a in journal.anchors(rid)]
+        live = {rid} if journal.is_held(rid) else set()
+        found = verify_lines(lines, head, head_present=head is not None, head_name="audit-head", anchors=anchors,
+                             runs=0 if live else 1, live_runs=live)
+        problems += [f"run {rid}: {p}" for p in found]
+    return problems, (total if records else None)
+
+
 def evidence_target(target: str, state: Path) -> tuple[Path, str | None, str | None]:
     """(bundle directory, its run id, the manifest digest the journal recorded for that run) for
     `stanch evidence verify RUN_ID|DIR`. Symlinks are refused, never followed."""
     from actions.evidence import MANIFEST, MalformedManifestError, read_manifest
+    from runner.journal import SqliteJournal, journal_settings
 
     path = Path(target)
-    journal = SqliteJournal(state) if (state / "journal.sqlite3").is_file() else None
+    journal: Journal | None
+    if journal_settings().backend == "dynamodb":
+        journal = open_journal(state)
+    else:
+        journal = SqliteJournal(state) if (state / "journal.sqlite3").is_file() else None
     try:
         if path.is_symlink() or path.exists():
             bundle, run_id = path, None

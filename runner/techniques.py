@@ -47,6 +47,7 @@ def _t(event: str, attack: str, kind: Kind, keys: tuple[str, ...] = (), handler:
 
 
 IAM, STS, LAMBDA, EC2 = "iam.amazonaws.com", "sts.amazonaws.com", "lambda.amazonaws.com", "ec2.amazonaws.com"
+AUTOSCALING = "autoscaling.amazonaws.com"
 RDS, S3, TRAIL, ECS = "rds.amazonaws.com", "s3.amazonaws.com", "cloudtrail.amazonaws.com", "ecs.amazonaws.com"
 CLOUD_ACCOUNT = "T1136.003 Create Account: Cloud Account"
 CLOUD_ROLES = "T1098.003 Account Manipulation: Additional Cloud Roles"
@@ -108,6 +109,25 @@ CATALOGUE: dict[str, Technique] = {t.event: t for t in [
        instruction="The attacker launched instance {resource} in {region} at {time}. Capture its user data and a "
                    "snapshot of its volumes, then stop it (aws ec2 stop-instances --instance-ids {resource} "
                    "--region {region}) and terminate it once the investigation no longer needs it."),
+    _t(f"{EC2}:RequestSpotInstances", "T1578.002 Modify Cloud Compute Infrastructure: Create Cloud Instance", "manual",
+       ("spotInstanceRequestSet.items.0.spotInstanceRequestId",),
+       instruction="The attacker requested spot instance(s) {resource} in {region} at {time}. Cancel the request "
+                   "(aws ec2 cancel-spot-instance-requests --spot-instance-request-ids {resource} --region "
+                   "{region}), then stop its instance."),
+    _t(f"{EC2}:RequestSpotFleet", "T1578.002 Modify Cloud Compute Infrastructure: Create Cloud Instance", "manual",
+       ("RequestSpotFleetResponse.spotFleetRequestId", "spotFleetRequestId"),
+       instruction="The attacker requested spot fleet {resource} in {region} at {time}. Cancel it without "
+                   "terminating (aws ec2 cancel-spot-fleet-requests --spot-fleet-request-ids {resource} "
+                   "--no-terminate-instances --region {region}), then stop its instances."),
+    _t(f"{EC2}:CreateFleet", "T1578.002 Modify Cloud Compute Infrastructure: Create Cloud Instance", "manual",
+       ("CreateFleetResponse.fleetId", "fleetId"),
+       instruction="The attacker created EC2 Fleet {resource} in {region} at {time}. Delete it without "
+                   "terminating (aws ec2 delete-fleets --fleet-ids {resource} --no-terminate-instances --region "
+                   "{region}), then stop its instances."),
+    _t(f"{AUTOSCALING}:CreateAutoScalingGroup", "T1578.002 Modify Cloud Compute Infrastructure: Create Cloud "
+       "Instance", "manual", ("autoScalingGroupName",),
+       instruction="The attacker created Auto Scaling group {resource} in {region} at {time}. Suspend its "
+                   "Launch processes and set its minimum and desired capacity to 0."),
     _t(f"{EC2}:AuthorizeSecurityGroupIngress", "T1562.007 Impair Defenses: Disable or Modify Cloud Firewall",
        "undo", ("groupId", "groupName"), handler="ec2.revoke-attacker-ingress"),
     _t(f"{EC2}:ModifyImageAttribute", SHARE, "undo", ("imageId",), handler="ec2.unshare-attacker-images"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO, cast
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -363,15 +363,83 @@ def render_scorecard(out: Console, card: dict[str, Any]) -> None:
 
 #: log labels (runner/audit.py) shown at each verbosity; verbose shows every line
 _QUIET = ("FAILED", "REFUSED", "UNVERIFIED", "✘", "drift", "MANUAL")
-_HIDDEN_NORMALLY = ("  change", "verified", "status")
+_HIDDEN_NORMALLY = ("  change", "verified", "status", "  search")
 _LINE_STYLES = (("FAILED", "bold red"), ("REFUSED", "bold red"), ("UNVERIFIED", "yellow"), ("✘", "red"),
                 ("MANUAL", "magenta"), ("waiting", "yellow"), ("drift", "yellow"), ("✔", "green"),
                 ("applied", "green"), ("approved", "cyan"))
 
 
+_SEARCH_STYLES = {"pending": "dim", "running": "blue", "done": "green", "gap": "bold red"}
+
+
+class DiscoveryProgress:
+    """Live state of discovery from its `discovery.search` events: each region x service pending,
+    running, done (with how many things it found) or a gap. Rendered as a table while anything is
+    still pending or running, then as one summary line. Fed by events only: no clock, no terminal."""
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[str, str], tuple[str, int | None, str]] = {}
+        self.services: list[str] = []
+        self.regions: list[str] = []
+
+    def feed(self, event: dict[str, Any]) -> bool:
+        """Take one run-log event; True when it was a discovery event (the display changed)."""
+        if event.get("event") != "discovery.search":
+            return False
+        region, service, state = str(event.get("region")), str(event.get("service")), str(event.get("state"))
+        if service not in self.services:
+            self.services.append(service)
+        if region not in self.regions:
+            self.regions.append(region)
+        found = event.get("found")
+        self.cells[(region, service)] = (state, found if isinstance(found, int) else None,
+                                         str(event.get("error") or ""))
+        return True
+
+    @property
+    def active(self) -> bool:
+        return any(state in ("pending", "running") for state, _, _ in self.cells.values())
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(("pending", "running", "done", "gap"), 0)
+        for state, _, _ in self.cells.values():
+            out[state] = out.get(state, 0) + 1
+        return out
+
+    def table(self) -> Table:
+        c = self.counts()
+        table = Table(box=box.SIMPLE_HEAD, title=f"discovery: {c['done'] + c['gap']}/{len(self.cells)} searched, "
+                                                 f"{c['running']} running, {c['gap']} gap(s)", title_justify="left")
+        table.add_column("region", no_wrap=True)
+        for service in self.services:
+            table.add_column(service, no_wrap=True)
+        order = sorted(self.regions, key=lambda r: (r != "global", self.regions.index(r)))
+        for region in order:
+            row = [Text(region)]
+            for service in self.services:
+                state, found, _ = self.cells.get((region, service), ("", None, ""))
+                text = {"pending": "·", "running": "…", "gap": "✘ gap",
+                        "done": f"✔ {found}" if found is not None else "✔"}.get(state, "")
+                row.append(Text(text, style=_SEARCH_STYLES.get(state, "")))
+            table.add_row(*row)
+        return table
+
+    def summary(self) -> Text:
+        """One line per service once discovery is over: regions searched, what was found, gaps."""
+        parts = []
+        for service in self.services:
+            cells = [v for (_, s), v in self.cells.items() if s == service]
+            found = sum(f or 0 for st, f, _ in cells if st == "done")
+            gaps = sum(1 for st, _, _ in cells if st == "gap")
+            gap = f" ({gaps} gap)" if gaps else ""
+            parts.append(f"{service} {len(cells) - gaps}/{len(cells)} found {found}{gap}")
+        return Text("searched: " + "; ".join(parts), style="dim")
+
+
 class LogStream:
     """The stream the run log writes its human lines to: filtered by verbosity, coloured on a
-    terminal, and with a spinner naming the latest event while steps run (stderr only)."""
+    terminal, and with a spinner naming the latest event while steps run (stderr only). On a
+    terminal (not with -q), the spinner also shows discovery's progress per region and service."""
 
     def __init__(self, options: UiOptions, stream: TextIO | None = None) -> None:
         self.options = options
@@ -379,6 +447,23 @@ class LogStream:
         self._status: Status | None = None
         self._lock = threading.Lock()
         self._buf = ""
+        self.discovery = DiscoveryProgress()
+        self._latest = "starting…"
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """A structured run-log event (runner/audit.py EventSink), before its line is written."""
+        with self._lock:
+            if self.discovery.feed(event) and self._status is not None:
+                self._status.update(self.renderable())
+
+    def renderable(self) -> RenderableType:
+        """What the spinner shows: discovery's table while it runs (then its summary), and the latest event."""
+        working = Text(f"working: {self._latest}", style="dim")
+        if self.options.quiet or not self.discovery.cells:
+            return working
+        if self.discovery.active:
+            return Group(self.discovery.table(), working)
+        return Group(self.discovery.summary(), working)
 
     def __enter__(self) -> LogStream:
         if self.console.is_terminal:
@@ -423,8 +508,10 @@ class LogStream:
             self._buf += text
             while "\n" in self._buf:
                 line, self._buf = self._buf.split("\n", 1)
-                if self._status is not None:
-                    self._status.update(Text(f"working: {line[9:].strip()[:100]}", style="dim"))
+                if line and not line[9:].startswith("  search"):
+                    self._latest = line[9:].strip()[:100]
+                    if self._status is not None:
+                        self._status.update(self.renderable())
                 if line and self._shown(line):
                     label = self._label(line)
                     style = next((s for word, s in _LINE_STYLES if label == word), "")

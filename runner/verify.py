@@ -27,10 +27,11 @@ from runner.config import Config, load_config
 from runner.engine import STEP_ERRORS, Engine, Prompt, RunOptions
 from runner.errors import InputError, Problem
 from runner.incident import validate_incident
-from runner.journal import SqliteJournal
-from runner.lifecycle import TERMINAL
+from runner.journal import open_journal
 from runner.playbook import load_playbook
 from runner.regions import Coverage
+from runner.service import audit_sink
+from runner.status import RunStatus, StepStatus
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -86,11 +87,11 @@ class Verifier:
         self.options = options
         self.registry = registry or builtin_registry()
         self.prompt = prompt
-        self.journal = SqliteJournal(state)
+        self.journal = open_journal(state)
         record = self.journal.get_run(run_id)
         if record.dry_run:
             raise InputError(run_id, [Problem("", f"run {run_id} was a dry run: it contained nothing to verify")])
-        if record.status not in TERMINAL or record.status in ("planned", "refused"):
+        if record.status not in RunStatus.TERMINAL or record.status in (RunStatus.PLANNED, RunStatus.REFUSED):
             raise InputError(run_id, [Problem("", f"run {run_id} is {record.status}; verify a finished run")])
         self.record = record
         self.config: Config = load_config(record.options.get("config"))
@@ -101,8 +102,8 @@ class Verifier:
             endpoint_url=record.options.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL"),
             settings=self.config.aws, max_pool_connections=max(16, self.config.runner.max_workers * 2))
         self.reader = self.session if self.session.dry_run else _read_only(self.session)
-        self.log = make_logger(state / "audit.jsonl", stream, run_id=run_id, incident_id=self.incident.id,
-                               playbook=self.playbook.name, dry_run=False)
+        self.log = make_logger(audit_sink(self.journal, state, run_id), stream, run_id=run_id,
+                               incident_id=self.incident.id, playbook=self.playbook.name, dry_run=False)
         self.engine = Engine(run=record, playbook=self.playbook, incident=self.incident, config=self.config,
                              registry=self.registry, journal=self.journal, aws=self.session, log=self.log,
                              options=options, prompt=None)
@@ -142,7 +143,7 @@ class Verifier:
         for step in self.playbook.steps:
             action = self.engine.actions[step.id]
             state = self.engine.states[step.id]
-            if action.risk == "read-only" or state.status not in ("applied", "noop", "manual"):
+            if action.risk == "read-only" or state.status not in StepStatus.DONE:
                 continue
             try:
                 from runner.templates import render

@@ -33,7 +33,8 @@ settings.register_profile("suite", max_examples=40, deadline=None, suppress_heal
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
-_HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG")
+_HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG",
+           "STANCH_JOURNAL")
 
 
 def _fake_credentials(mp: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from actions.base import Action, ActionContext, Change, Outcome, Params, Plan
 from actions.registry import Registry
-from runner.aws import Identity
+from runner.aws import Identity, ReadCache
 
 ACCOUNT = "123456789012"
 
@@ -35,11 +35,15 @@ class FakeAws:
 
     def __init__(self) -> None:
         self.refused: list[str] = []
+        self.reads = ReadCache()  # no client ever feeds it: the engine only turns it on and off
 
     def identity(self) -> Identity:
         return Identity(ACCOUNT, f"arn:aws:iam::{ACCOUNT}:user/runner", f"arn:aws:iam::{ACCOUNT}:user/runner")
 
     def call_counts(self) -> dict[str, int]:
+        return {}
+
+    def cached_counts(self) -> dict[str, int]:
         return {}
 
 
@@ -133,6 +137,21 @@ class BrokenPlan(SetValues):
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "LookupEvents")
 
 
+class MarkParams(Params):
+    source: str
+    keys: list[str]
+
+
+class Mark(SetValues):
+    """Set each key to 'after-<value of source>': a plan that depends on what an earlier step applied."""
+
+    name = "fake.mark"
+    params_model = MarkParams  # type: ignore[assignment]
+
+    def plan(self, ctx: ActionContext, params: MarkParams) -> Plan:  # type: ignore[override]
+        return super().plan(ctx, SetParams(keys=params.keys, value=f"after-{WORLD.values.get(params.source)}"))
+
+
 class Manual(Action[CollectParams]):
     name = "fake.manual"
     summary = "needs a person"
@@ -145,7 +164,7 @@ class Manual(Action[CollectParams]):
 
 def registry() -> Registry:
     reg = Registry()
-    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual, SlowPlan, BrokenPlan):
+    for cls in (Collect, SetValues, SetAtBarrier, Dangerous, Broken, Manual, SlowPlan, BrokenPlan, Mark):
         reg.register(cls)
     return reg
 

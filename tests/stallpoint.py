@@ -4,7 +4,8 @@
 
 From the N-th AWS write on, each write is sent and answered, then its thread writes MARKER and
 waits forever: the write happened in AWS but the journal never hears back, which is exactly the
-moment a crash hurts most. Reads pass through. Nothing in stanch knows about this module.
+moment a crash hurts most. Reads pass through, and so do writes to DynamoDB (the shared journal's
+table, not containment). Nothing in stanch knows about this module.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def install(after_writes: int, marker: Path) -> None:
     def make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
         nonlocal writes
         result = original(self, operation_name, api_params)
-        if not is_read_operation(operation_name):
+        if not is_read_operation(operation_name) and self.meta.service_model.service_name != "dynamodb":
             with lock:
                 writes += 1
                 stall = writes >= after_writes

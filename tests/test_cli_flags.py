@@ -86,7 +86,8 @@ def test_report_and_detect_take_the_format_with_o_and_the_file_with_f() -> None:
     assert set(detect["file"].opts) == {"-f", "--file"} and "-o" in detect["output"].opts
 
 
-def test_shell_completion_is_enabled() -> None:
+def test_shell_completion_is_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHELL", "/bin/bash")  # typer asks the environment which shell it is completing for
     out = CliRunner().invoke(app, ["--show-completion", "bash"])
     assert out.exit_code == 0, out.output
     assert "complete" in out.output and "_STANCH_COMPLETE" in out.output

@@ -28,10 +28,15 @@ def test_drill_contains_and_scores(tmp_path: Path) -> None:
     for name in ("miner service in eu-central-1 scaled to 0", "miner's scalable target suspended with MinCapacity 0",
                  "schedule running the miner task disabled", "miner EC2 instances in ap-southeast-1 stopped "
                  "(not terminated)", "legitimate EC2 instance in ap-southeast-1 untouched",
-                 "legitimate schedule untouched", "every region searched, including the three used by the attack"):
+                 "legitimate schedule untouched", "every region searched, including the three used by the attack",
+                 "attacker's persistent spot request in ap-southeast-1 cancelled (its instance kept, then stopped)",
+                 "legitimate spot request untouched", "legitimate Auto Scaling group web-asg untouched",
+                 "attacker's Auto Scaling group render-farm: launches suspended, scaled to 0",
+                 "hijacked group batch-workers: stops launching, not scaled down, its miner instance stopped"):
         assert checks[name], name
     assert {c["operation"] for c in card["contained"]} >= {
-        "application-autoscaling:RegisterScalableTarget", "scheduler:UpdateSchedule", "ec2:StopInstances"}
+        "application-autoscaling:RegisterScalableTarget", "scheduler:UpdateSchedule", "ec2:StopInstances",
+        "ec2:CancelSpotInstanceRequests", "autoscaling:SuspendProcesses", "autoscaling:UpdateAutoScalingGroup"}
     assert card["manual_actions"][0]["step"] == "root-credentials"
     assert card["metrics"]["api_calls_total"] > 0 and card["metrics"]["time_to_contained_s"] is not None
 

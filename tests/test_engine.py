@@ -16,7 +16,7 @@ from runner.engine import RunOptions
 from runner.errors import RunLockedError
 from runner.incident import validate_incident
 from runner.playbook import parse_playbook
-from runner.service import AwsOptions, Outcome, approve_step, resume_run, run_status, start_run
+from runner.service import AwsOptions, Outcome, approve_step, approve_steps, resume_run, run_status, start_run
 from tests import fakes
 
 INCIDENT = validate_incident("t", {
@@ -362,3 +362,58 @@ def test_credentials_for_another_account_are_refused_before_anything_is_read(tmp
     assert out.exit_code == 4 and out.result["status"] == "refused"
     assert "account 123456789012 but the incident is in account 210987654321" in out.result["error"]
     assert all(s["status"] == "pending" for s in out.result["steps"]) and world.applied == []
+
+
+CHAIN = ("  - id: first\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n"
+         "  - id: second\n    action: fake.set\n    approval: required\n    needs: [first]\n    with: {keys: [b]}\n"
+         "  - id: third\n    action: fake.dangerous\n    needs: [second]\n    with: {keys: [c]}\n"
+         "  - id: suspects\n    action: fake.set\n    approval: explicit\n    needs: [first]\n    with: {keys: [d]}\n")
+
+
+def test_chained_gated_steps_show_at_once_and_one_approval_contains(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "on", "c": "on", "d": "on"})
+    out = run(tmp_path, pb_file(tmp_path, CHAIN))
+    assert out.exit_code == 3
+    by_id = {s["id"]: s for s in out.result["steps"]}
+    # the whole chain is planned and shown, not only its first link
+    assert {k: by_id[k]["status"] for k in ("first", "second", "third", "suspects")} == dict.fromkeys(
+        ("first", "second", "third", "suspects"), "awaiting_approval")
+    assert [c["target"].rsplit("/", 1)[-1] for c in by_id["third"]["changes"]] == ["c"]
+    assert any("planned ahead of second" in n for n in by_id["third"]["notes"])
+    assert world.applied == []
+    run_id = out.result["run_id"]
+    approved = approve_steps(run_id, None, by="alice", reason="one look", state=tmp_path / "state")
+    assert sorted(a.step_id for a in approved) == ["first", "second", "third"]  # never the explicit one
+    done = resume(tmp_path, run_id)
+    assert done.exit_code == 3  # only the explicit step still waits
+    assert world.values == {"a": "off", "b": "off", "c": "off", "d": "on"}
+    assert [s["status"] for s in done.result["steps"] if s["id"] in ("first", "second", "third")] == ["applied"] * 3
+    approve_step(run_id, "suspects", by="alice", reason="confirmed", state=tmp_path / "state")
+    assert resume(tmp_path, run_id).result["status"] == "contained"
+    assert not any(e["event"] == "approval.stale" for e in audit(tmp_path))
+
+
+def test_a_chained_plan_that_changed_after_its_need_applied_pauses_again(tmp_path: Path) -> None:
+    world = fakes.reset({"a": "on", "b": "x", "c": "on"})
+    pb = pb_file(tmp_path, "  - id: first\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n"
+                           "  - id: second\n    action: fake.mark\n    approval: required\n    needs: [first]\n"
+                           "    with: {source: a, keys: [b]}\n"
+                           "  - id: steady\n    action: fake.set\n    approval: required\n    needs: [first]\n"
+                           "    with: {keys: [c]}\n")
+    out = run(tmp_path, pb)
+    by_id = {s["id"]: s for s in out.result["steps"]}
+    assert by_id["second"]["status"] == "awaiting_approval"
+    assert by_id["second"]["changes"][0]["params"]["value"] == "after-on"  # what the responder saw
+    run_id = out.result["run_id"]
+    approve_steps(run_id, None, by="alice", reason="ok", state=tmp_path / "state")
+    again = resume(tmp_path, run_id)
+    by_id = {s["id"]: s for s in again.result["steps"]}
+    # 'first' applied; 'steady' was unchanged and applied; 'second' now plans a value nobody approved
+    assert again.exit_code == 3 and by_id["second"]["status"] == "awaiting_approval"
+    assert by_id["first"]["status"] == "applied" and by_id["steady"]["status"] == "applied"
+    assert by_id["second"]["changes"][0]["params"]["value"] == "after-off"
+    assert world.values == {"a": "off", "b": "x", "c": "off"}
+    assert any(e["event"] == "approval.stale" and e["step"] == "second" for e in audit(tmp_path))
+    approve_step(run_id, "second", by="alice", reason="seen", state=tmp_path / "state")
+    assert resume(tmp_path, run_id).result["status"] == "contained"
+    assert world.values["b"] == "after-off"

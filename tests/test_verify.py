@@ -3,6 +3,7 @@ applied again under the run's approvals."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
-from runner.drill import seed
+from runner.drill import MINER_USER_DATA, base_image, seed
 from runner.errors import InputError
 from runner.verify import parse_duration
 from tests.conftest import TRAIL_CONFIG, publish_trail, write_json
@@ -32,10 +33,26 @@ def contained_run(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytes
     cfg.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
     seeded = seed(aws_managed, NAMES)
     publish_trail(aws_managed, seeded)
+    # a legitimate Auto Scaling group in the other region whose launch template now runs a miner (no
+    # CloudTrail names it), beside one that does not
+    ec2, asg = (aws_managed.client(s, region_name="eu-west-1") for s in ("ec2", "autoscaling"))
+    for lt, data in (("reports-lt", MINER_USER_DATA), ("api-lt", "#!/bin/bash\nsystemctl start api\n")):
+        ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
+            "ImageId": base_image(ec2), "InstanceType": "c5.large", "UserData": base64.b64encode(data.encode()).decode()})
+        asg.create_auto_scaling_group(AutoScalingGroupName=lt.replace("-lt", "-asg"), MinSize=1, MaxSize=3,
+                                      DesiredCapacity=1, LaunchTemplate={"LaunchTemplateName": lt},
+                                      AvailabilityZones=["eu-west-1a"])
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", seeded["incident"])
     run = cli("run", str(incident), "--approve-all", "--config", str(cfg), "--output", "json", "--state-dir", state)
     assert run.exit_code == 0, run.output
+    steps = {s["id"]: s for s in json.loads(run.stdout)["steps"]}
+    # the hijacked group stops launching (gated, approved with the rest) and keeps its capacity; the stop sticks
+    assert [c["params"] for c in steps["suspend-hijacked-groups"]["changes"]] == [
+        {"AutoScalingGroupName": "reports-asg", "ScalingProcesses": ["Launch", "ReplaceUnhealthy"]}]
+    assert steps["stop-attacker-instances"]["status"] == "applied"
+    groups = {g["AutoScalingGroupName"]: g for g in asg.describe_auto_scaling_groups()["AutoScalingGroups"]}
+    assert groups["reports-asg"]["DesiredCapacity"] == 1 and not groups["api-asg"].get("SuspendedProcesses")
     return {"run_id": json.loads(run.stdout)["run_id"], "state": state, "key": seeded["attacker_key"]["AccessKeyId"]}
 
 
@@ -49,12 +66,16 @@ def test_verify_finds_drift_and_watch_reapply_restores(aws_managed: boto3.Sessio
     iam, ecs = aws_managed.client("iam"), aws_managed.client("ecs")
     iam.update_access_key(UserName="etl-runner", AccessKeyId=key, Status="Active")
     ecs.update_service(cluster="reporting", service="pdf-render", desiredCount=5)
+    # ...and re-arms the hijacked group, which would replace the stopped miner instance
+    aws_managed.client("autoscaling", region_name="eu-west-1").resume_processes(AutoScalingGroupName="reports-asg")
 
     drift = cli("verify", run_id, "--state-dir", state, "--output", "json")
     assert drift.exit_code == 1, drift.output
     doc = json.loads(drift.stdout)
     found = {(d["step"], d["operation"]) for d in doc["drift"]}
-    assert found == {("deactivate-keys", "iam:UpdateAccessKey"), ("scale-miner-services", "ecs:UpdateService")}
+    assert found == {("deactivate-keys", "iam:UpdateAccessKey"), ("scale-miner-services", "ecs:UpdateService"),
+                     ("suspend-hijacked-groups", "autoscaling:SuspendProcesses")}
+    assert any("reports-asg" in d["reason"] and "would launch instances again" in d["reason"] for d in doc["drift"])
     assert any(key in d["reason"] for d in doc["drift"])
     assert any(d["target"].endswith("/reporting/pdf-render") for d in doc["drift"])
     # verifying changed nothing
@@ -71,7 +92,7 @@ def test_verify_finds_drift_and_watch_reapply_restores(aws_managed: boto3.Sessio
     assert ecs.describe_services(cluster="reporting", services=["pdf-render"])["services"][0]["desiredCount"] == 0
     assert cli("verify", run_id, "--state-dir", state).exit_code == 0
     audit = (Path(state) / "audit.jsonl").read_text()
-    assert audit.count('"verify.reapplied"') == 2
+    assert audit.count('"verify.reapplied"') == 3
 
 
 def test_verify_rejects_bad_input(aws: boto3.Session, tmp_path: Path) -> None:
@@ -80,3 +101,4 @@ def test_verify_rejects_bad_input(aws: boto3.Session, tmp_path: Path) -> None:
     with pytest.raises(InputError):
         parse_duration("soon", "--every")
     assert parse_duration("1h30m", "--for") == 5400 and parse_duration("0.5s", "--every") == 0.5
+
