@@ -126,7 +126,8 @@ def test_approve_all_pending_then_resume_counts_time_from_the_run_start(life: di
     ok = cli("approve", run2, "--all-pending", "--by", "dave", "--reason", "miner image confirmed", "-o", "json",
              "--state-dir", state)
     assert ok.exit_code == 0, ok.output
-    assert [a["step"] for a in json.loads(ok.stdout)["approvals"]] == ["scale-miner-services"]
+    # the stop waits only on the scale's gate: planned ahead at the pause, one --all-pending covers the chain
+    assert [a["step"] for a in json.loads(ok.stdout)["approvals"]] == ["scale-miner-services", "stop-miner-tasks"]
     resumed = cli("resume", run2, "--approve-all", "--by", "dave", "--reason", "stop the tasks too", "-o", "json",
                   "--state-dir", state)
     assert resumed.exit_code == 0, resumed.output
