@@ -116,6 +116,29 @@ class BudgetedRetries:
         client.meta.events.register(f"after-call.{event}", self.release_quota, unique_id=f"retry-quota-{event}")
 
 
+_LOADERS: dict[str, Any] = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def _boto_session(profile: str | None, region: str) -> boto3.Session:
+    """A boto3 session whose botocore service models are parsed once per process: every run (and a
+    worker runs many) would otherwise parse the same JSON again, over half a CPU second per service."""
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    core = botocore.session.Session()
+    path = str(core.get_config_variable("data_path") or "")
+    with _LOADERS_LOCK:
+        loader = _LOADERS.get(path)
+        if loader is None:
+            loader = _LOADERS[path] = botocore.loaders.create_loader(path or None)
+        core.register_component("data_loader", loader)
+        session = boto3.Session(botocore_session=core, profile_name=profile, region_name=region)
+        loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))  # boto3 adds its own path per session
+    return session
+
+
 #: reads never kept: they return credentials or secret values, which stay out of memory we keep
 UNCACHED_READS = frozenset({
     "GetSessionToken", "GetFederationToken", "GetSecretValue", "BatchGetSecretValue", "GetParameter",
@@ -347,14 +370,13 @@ class AwsSession:
         max_pool_connections: int = 16,
         boto_session: boto3.Session | None = None,
     ) -> None:
-        import boto3
         from botocore.config import Config as BotoConfig
 
         self.region = region
         self.endpoint_url = endpoint_url or None
         self.dry_run = dry_run
         self._settings = settings or AwsSection()
-        self._session = boto_session or boto3.Session(profile_name=profile, region_name=region)
+        self._session = boto_session or _boto_session(profile, region)
         self._boto_config = BotoConfig(
             retries={"mode": self._settings.retry_mode, "total_max_attempts": self._settings.max_attempts},
             connect_timeout=self._settings.connect_timeout,

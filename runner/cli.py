@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable
@@ -329,11 +330,22 @@ def approve(
     by: ByOpt = None,
     reason: ReasonOpt = "approved with stanch approve",
     state_dir: StateDir = None,
+    queue_url: Annotated[str | None, typer.Option("--queue-url", help="Ask the workers on this SQS queue to resume "
+                                                  "the run (default: [worker] queue_url in the config)")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML ([worker] queue_url); default "
+                                               "$STANCH_CONFIG, else the packaged one")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The queue's region, when its URL does not "
+                                               "name one")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile for the queue")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint for the "
+                                                     "queue; also AWS_ENDPOINT_URL")] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Approve a paused run's gated steps (the plans `stanch status RUN_ID` shows), all with one reason.
     Each approval covers exactly the changes shown; then `stanch resume RUN_ID` (or `resume --approve STEP`
-    to approve and continue in one command)."""
+    to approve and continue in one command). With a worker queue (--queue-url or [worker] queue_url) the
+    approval also asks the workers to resume the run, so nobody needs to be on the worker's machine."""
+    from runner.config import load_config
     from runner.engine import default_approver
     from runner.service import approve_steps
     from runner.service import state_dir as resolve_state
@@ -341,17 +353,32 @@ def approve(
     if bool(step) == all_pending:
         err("stanch: give --step STEP (repeatable) or --all-pending, not both and not neither. Nothing was approved.")
         raise typer.Exit(EXIT_BAD_INPUT)
-    records = approve_steps(run_id, None if all_pending else list(step or []), by=by or default_approver(),
-                            reason=reason, state=resolve_state(state_dir))
+    queue = queue_url or load_config(config).worker.queue_url or None
+    who = by or default_approver()
+    state = resolve_state(state_dir)
+    records = approve_steps(run_id, None if all_pending else list(step or []), by=who, reason=reason, state=state)
+    queued: str | None = None
+    if queue:
+        from runner.worker import Context, send_resume
+
+        try:
+            queued = send_resume(queue, run_id, who, Context(state=state, config_path=config, region=region,
+                                                             profile=profile, endpoint_url=endpoint_url))
+        except (ClientError, BotoCoreError) as exc:
+            why = aws_error_message(exc)[0] if isinstance(exc, ClientError) else f"{type(exc).__name__}: {exc}"
+            err(f"stanch: the approval is recorded, but the resume request did not reach the queue ({why}); "
+                f"continue with: stanch resume {run_id}")
+            raise typer.Exit(EXIT_NOT_CONTAINED) from None
+    nxt = f"a worker resumes it (resume request {queued} on {queue})" if queued else f"stanch resume {run_id}"
     if output is Output.json:
         print_json({"run_id": run_id, "approvals": [
             {"step": r.step_id, "by": r.by, "reason": r.reason, "at": r.at, "plan_digest": r.plan_digest,
-             "changes": len(r.change_digests)} for r in records], "next": f"stanch resume {run_id}"})
+             "changes": len(r.change_digests)} for r in records], "next": nxt, "resume_message_id": queued})
         return
     for r in records:
         typer.echo(f"approved {r.step_id} of {r.run_id} by {r.by} ({len(r.change_digests)} change(s), plan "
                    f"{r.plan_digest})")
-    typer.echo(f"continue with: stanch resume {run_id}")
+    typer.echo(f"next: {nxt}" if queued else f"continue with: {nxt}")
 
 
 @app.command()
@@ -548,6 +575,88 @@ def status(
         render_run(console(sys.stdout, color=wants_color(no_color)), doc)
     if isinstance(doc, dict) and doc.get("status") in NOT_CONTAINED:  # one run: its exit code, as `run` gave
         raise typer.Exit(EXIT_NOT_CONTAINED)
+
+
+@app.command()
+@handle_errors
+def worker(
+    ctx: typer.Context,
+    queue_url: Annotated[str | None, typer.Option("--queue-url", help="The SQS queue findings arrive on (EventBridge "
+                                                  "-> SQS); default: [worker] queue_url in the config")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One receive: handle what it returns, then exit")] = False,
+    max_messages: Annotated[int | None, typer.Option("--max-messages", min=1, max=10, help="Messages per receive "
+                                                     "(default: [worker] max_messages)")] = None,
+    wait: Annotated[int | None, typer.Option("--wait", min=0, max=20, help="Long-poll seconds per receive "
+                                             "(default: [worker] wait_seconds)")] = None,
+    state_dir: StateDir = None,
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML; default $STANCH_CONFIG, else "
+                                               "the packaged config/stanch.toml")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="The queue's region, when its URL does not name "
+                                               "one (runs use the incident's)")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint (e.g. a moto "
+                                                     "server); also AWS_ENDPOINT_URL")] = None,
+    output: OutputOpt = Output.text,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+    no_color: NoColorOpt = False,
+) -> None:
+    """Take findings from an SQS queue and contain each: long-poll, run, and delete a message only when its
+    run rests (contained, needs_manual_action, awaiting_approval, refused). A duplicate of an incident that
+    already has a run is refused; a run a killed worker left is resumed; a message that cannot be finished
+    comes back until the queue's redrive policy moves it to the DLQ. `stanch approve` with the queue
+    configured sends a resume request the workers act on. SIGTERM: the change in flight finishes, the run
+    stays resumable, and the message goes back for another worker.
+
+    Workers on one machine share the state directory (--state-dir / STANCH_STATE_DIR)."""
+    import signal
+
+    from runner.audit import make_logger
+    from runner.config import load_config
+    from runner.service import state_dir as resolve_state
+    from runner.worker import Context, Worker
+
+    cfg = load_config(config)
+    if config:  # the runs this worker resumes read the same config (journal backend, notifications)
+        os.environ["STANCH_CONFIG"] = config
+    queue = queue_url or cfg.worker.queue_url
+    if not queue:
+        err("stanch: give --queue-url URL (or [worker] queue_url in the config)")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if not queue.startswith(("https://", "http://")):
+        err(f"stanch: --queue-url {queue!r} is not a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    ui = _ui(ctx, quiet, verbose, no_color)
+    run_ctx = Context(state=resolve_state(state_dir), config_path=config, region=region, profile=profile,
+                      endpoint_url=endpoint_url, by=cfg.worker.by)
+
+    class _Stopping(Exception):
+        pass
+
+    with LogStream(ui) as log:
+        w = Worker(queue, run_ctx, cfg.worker, log=make_logger(None, log.as_text(), component="worker"),
+                   run_stream=log.as_text())
+
+        def on_term(signum: int, frame: Any) -> None:
+            w.stop.set()
+            if w.polling:
+                raise _Stopping
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            handled = w.run(once=once, max_messages=max_messages or cfg.worker.max_messages,
+                            wait=cfg.worker.wait_seconds if wait is None else wait)
+        except _Stopping:
+            handled = w.handled
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    if output is Output.json:
+        print_json({"queue_url": queue, "stopped": w.stop.is_set(), "messages": [h.to_json() for h in handled]})
+        return
+    for h in handled:
+        typer.echo(f"{h.message_id}  {h.fate:<7} {h.kind:<8} {h.incident_id or '-':<28} {h.run_id or '-':<26} "
+                   f"{h.reason}")
+    typer.echo(f"{len(handled)} message(s) handled" + (" (stopped by SIGTERM)" if w.stop.is_set() else ""))
 
 
 @app.command()

@@ -9,12 +9,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from runner.errors import InputError, Problem, did_you_mean
 from runner.incident import format_loc
 
 RiskTier = Literal["read-only", "reversible", "irreversible"]
+NotifyStatus = Literal["awaiting_approval", "contained", "needs_manual_action", "partially_contained", "failed",
+                       "refused", "cancelled"]
 
 
 class _Section(BaseModel):
@@ -118,6 +120,54 @@ class PricingSection(_Section):
     ec2_gb_hour: float = Field(0.0062, ge=0)
 
 
+#: run statuses a notification is sent for by default
+NOTIFY_STATUSES: tuple[NotifyStatus, ...] = ("awaiting_approval", "contained", "needs_manual_action",
+                                             "partially_contained", "failed")
+
+
+class NotifySection(_Section):
+    """Where run outcomes are sent: an SNS topic and/or a webhook (JSON POST, HMAC-SHA256 signed)."""
+
+    sns_topic_arn: str = Field("", pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256})?$")
+    webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    #: the signing secret itself (prefer webhook_secret_env); never logged, never kept in a run's snapshot
+    webhook_secret: SecretStr = Field(SecretStr(""), exclude=True)
+    #: the name of an environment variable holding the signing secret
+    webhook_secret_env: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")
+    webhook_timeout: float = Field(5, gt=0, le=60)
+    #: link to a run in the notification, e.g. "https://soc.example.com/stanch/runs/{run_id}"
+    run_url: str = ""
+    #: the run statuses that are notified
+    on: list[NotifyStatus] = Field(default_factory=lambda: list(NOTIFY_STATUSES))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sns_topic_arn or self.webhook_url)
+
+    def secret(self) -> str:
+        """The webhook signing secret: from the environment variable if one is named, else the file's."""
+        if self.webhook_secret_env:
+            return os.environ.get(self.webhook_secret_env, "")
+        return self.webhook_secret.get_secret_value()
+
+
+class WorkerSection(_Section):
+    """`stanch worker`: the SQS queue findings (and resume requests) arrive on."""
+
+    queue_url: str = Field("", pattern=r"^(https?://\S+)?$")
+    #: seconds a received message stays invisible to other workers; extended while its run works
+    visibility_timeout: int = Field(300, ge=2, le=43200)
+    #: messages taken per receive (SQS allows 1-10)
+    max_messages: int = Field(1, ge=1, le=10)
+    #: long-poll wait per receive, seconds (SQS allows 0-20)
+    wait_seconds: int = Field(20, ge=0, le=20)
+    #: a message that could not be finished (bad input, a failed run, the run busy elsewhere) is
+    #: received again after this many seconds, until the queue's redrive policy moves it to the DLQ
+    retry_delay: int = Field(30, ge=0, le=43200)
+    #: recorded as the runs' starter (`by`)
+    by: str = "stanch-worker"
+
+
 class JournalSection(_Section):
     """Where runs, locks, approvals and the audit log live. `STANCH_JOURNAL` (sqlite, or
     dynamodb://TABLE[?region=R]) overrides it."""
@@ -154,6 +204,8 @@ class Config(_Section):
     evidence: EvidenceSection = Field(default_factory=EvidenceSection)
     pricing: PricingSection = Field(default_factory=PricingSection)
     verify: VerifySection = Field(default_factory=VerifySection)
+    notify: NotifySection = Field(default_factory=NotifySection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     source: str = Field("<defaults>", exclude=True)
 

@@ -43,6 +43,8 @@ __all__ = ["Engine", "RunOptions", "StepState", "exit_code"]
 STEP_ERRORS = (ClientError, BotoCoreError, StanchError, TemplateError, ValidationError)
 
 Prompt = Callable[[Step, Plan], bool]
+#: what `_apply_change` returns for a change it did not start because the run was asked to stop
+_INTERRUPTED = "\x00interrupted"
 
 
 def new_run_id() -> str:
@@ -106,9 +108,13 @@ class Engine:
         self, *, run: RunRecord, playbook: Playbook, incident: Incident, config: Config,
         registry: Registry, journal: Journal, aws: AwsSession, log: Any, options: RunOptions,
         prompt: Prompt | None = None, evidence_dir: Path | None = None,
-        trail: tuple[list[dict[str, Any]], list[str]] = ([], []),
+        trail: tuple[list[dict[str, Any]], list[str]] = ([], []), stop: threading.Event | None = None,
     ) -> None:
         self.evidence_dir = evidence_dir
+        #: set from outside (a worker's SIGTERM): changes in flight finish, nothing new starts, and the
+        #: run stays in its active status for `stanch resume` (or another worker) to finish
+        self.stop = stop or threading.Event()
+        self.interrupted = False
         self.trail = trail
         self.run = run
         self.playbook = playbook
@@ -259,12 +265,14 @@ class Engine:
         with self._lock:
             self.lifecycle.fire("plan")
         while True:
-            if not self._stop_scheduling:
+            if self.stop.is_set() and not self._stop_scheduling and self._ready():
+                self.interrupted = True  # steps were ready to go: the run is left for a resume
+            elif not self._stop_scheduling:
                 for step in self._ready():
                     self._inflight.add(step.id)
                     inflight[pool.submit(self._run_step, ctx, step)] = step.id
             if not inflight:
-                if not self._stop_scheduling and not self.options.dry_run:
+                if not self._stop_scheduling and not self.options.dry_run and not self.stop.is_set():
                     self._plan_ahead(ctx)
                 return
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
@@ -275,6 +283,9 @@ class Engine:
     def _run_step(self, ctx: ActionContext, step: Step) -> None:
         self._plan_step(ctx, step)
         if self.options.dry_run or self.states[step.id].status != StepStatus.PLANNED:
+            return
+        if self.stop.is_set():  # planned, not applied: a resume plans it again
+            self.interrupted = True
             return
         with self._lock:
             refusal = self._guard([step])
@@ -514,7 +525,10 @@ class Engine:
             results = [self._apply_change(ctx, step, action, c) for c in changes]
         else:
             results = ctx.fanout(lambda c: self._apply_change(ctx, step, action, c), changes)
-        failures = [r for r in results if r]
+        failures = [r for r in results if r and r is not _INTERRUPTED]
+        if _INTERRUPTED in results and not failures:  # the rest is left for a resume, the step unfinished
+            self._event("step.interrupted", step, changes=len(changes), message="stopped before all its changes")
+            return
         if failures:
             state.fire("fail", error="; ".join(failures))
         else:
@@ -527,6 +541,9 @@ class Engine:
     def _apply_change(self, ctx: ActionContext, step: Step, action: Action[Any], change: Change) -> str | None:
         state = self.states[step.id]
         rid = self.run.run_id
+        if self.stop.is_set():  # never started, so never half-done: a resume plans it again
+            self.interrupted = True
+            return _INTERRUPTED
         if not self.journal.change_started(rid, step.id, change.digest, change.to_json()):
             # another worker holds this change, or sent it after this one planned: never sent twice
             held = next((c for c in self.journal.changes(rid) if c.step_id == step.id and c.digest == change.digest),
@@ -562,6 +579,13 @@ class Engine:
     # ------------------------------------------------------------------ settle
     def _settle(self, ctx: ActionContext, pool: ThreadPoolExecutor) -> None:
         statuses = [self.states[s.id].status for s in self.playbook.steps]
+        if self.interrupted and not self._refusal:
+            # stopped from outside: the run keeps its active status and its incident lock; every change
+            # sent so far is journaled, so a resume (any process) re-plans and applies only the rest
+            self.journal.set_run_status(self.run.run_id, self.lifecycle.state, self.result())
+            self.log.info("run.interrupted", status=self.lifecycle.state,
+                          message=f"stopped on request; continue with: stanch resume {self.run.run_id}")
+            return
         if self._refusal:
             self.lifecycle.fire("refuse")
         elif self.options.dry_run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -11,7 +12,7 @@ from typing import Any, TextIO
 from actions.registry import Registry, builtin_registry
 from runner.audit import GENESIS, AuditWriter, current_head, make_logger, redact_value
 from runner.aws import AwsSession
-from runner.config import Config, load_config
+from runner.config import Config, NotifySection, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
 from runner.errors import InputError, Problem, StanchError
 from runner.incident import Incident, validate_incident
@@ -40,6 +41,8 @@ class AwsOptions:
 class Outcome:
     result: dict[str, Any]
     exit_code: int
+    #: stopped from outside (`stop` set) before it finished: still active, to be resumed
+    interrupted: bool = False
 
 
 def choose_playbook(incident: Incident, ref: str | None, config: Config, registry: Registry) -> Playbook:
@@ -80,6 +83,7 @@ def start_run(
     aws_opts: AwsOptions, state: Path, prompt: Prompt | None = None, stream: TextIO | None = sys.stderr,
     registry: Registry | None = None, session: AwsSession | None = None,
     trail: tuple[list[dict[str, Any]], list[str]] = ([], []), journal: Journal | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     """Record and execute a new run. `journal`: the one to use instead of the one the config selects."""
     registry = registry or builtin_registry()
@@ -98,7 +102,9 @@ def start_run(
                  if playbook_ref else playbook.name, "config": config_path,
                  # what the run started with: a resume finishes this playbook with this config, whatever
                  # has changed on disk or in the package since
-                 "playbook_text": playbook.text, "config_snapshot": config.model_dump(mode="json")},
+                 "playbook_text": playbook.text,
+                 # [notify] is read when notifying (its secret is never kept): not part of the snapshot
+                 "config_snapshot": config.model_dump(mode="json", exclude={"notify"})},
     )
     try:
         journal.create_run(record, lock=not options.dry_run)
@@ -106,7 +112,7 @@ def start_run(
             save_trail(state, run_id, trail, journal)
         with journal.hold(run_id):
             return _execute(record, playbook, incident, config, registry, journal, aws_opts, options, state,
-                            prompt, stream, session, resume=False, trail=trail)
+                            prompt, stream, session, resume=False, trail=trail, stop=stop)
     finally:
         journal.close()
 
@@ -140,7 +146,10 @@ def anchor(journal: Journal, state: Path, run_id: str, result: dict[str, Any] | 
 def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: Config, registry: Registry,
              journal: Journal, aws_opts: AwsOptions, options: RunOptions, state: Path, prompt: Prompt | None,
              stream: TextIO | None, session: AwsSession | None, *, resume: bool,
-             trail: tuple[list[dict[str, Any]], list[str]] = ([], [])) -> Outcome:
+             trail: tuple[list[dict[str, Any]], list[str]] = ([], []), stop: threading.Event | None = None,
+             notify_settings: NotifySection | None = None) -> Outcome:
+    from runner.notify import Channels, send
+
     log = make_logger(audit_sink(journal, state, record.run_id), stream, run_id=record.run_id, incident_id=incident.id,
                       playbook=playbook.name, dry_run=options.dry_run)
     aws = account_session(session or _session(aws_opts, incident, config, options.dry_run), incident, config,
@@ -148,31 +157,49 @@ def _execute(record: RunRecord, playbook: Playbook, incident: Incident, config: 
     engine = Engine(run=record, playbook=playbook, incident=incident, config=config, registry=registry,
                     journal=journal, aws=aws, log=log,
                     options=options, prompt=prompt,
-                    evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail)
+                    evidence_dir=state.resolve() / "evidence" / incident.id / record.run_id, trail=trail, stop=stop)
     result: dict[str, Any] | None = None
     try:
         result = engine.execute(resume=resume)
+        if not engine.interrupted:  # a notification failure is recorded, never fatal (send does not raise)
+            sent = send(redact_value(result), Channels(notify_settings or config.notify, config.aws, aws_opts.profile,
+                                                       aws_opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")),
+                        log)
+            if sent:
+                result["notifications"] = sent
+                journal.set_run_status(record.run_id, result["status"], result)
     finally:  # also when AWS fails under the engine: what was logged so far is anchored
         anchor(journal, state, record.run_id, result)
-    return Outcome(redact_value(result), exit_code(result["status"]))
+    return Outcome(redact_value(result), exit_code(result["status"]), interrupted=engine.interrupted)
 
 
 def resume_run(
     run_id: str, *, options: RunOptions, state: Path, prompt: Prompt | None = None,
     stream: TextIO | None = sys.stderr, registry: Registry | None = None, session: AwsSession | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
     registry = registry or builtin_registry()
     journal = open_journal(state)
     try:
         journal.get_run(run_id)  # an unknown run is bad input before anything is locked
         with journal.hold(run_id):  # a second resume of this run is refused, never run alongside
-            return _resume_held(run_id, journal, options, state, prompt, stream, registry, session)
+            return _resume_held(run_id, journal, options, state, prompt, stream, registry, session, stop)
     finally:
         journal.close()
 
 
+def _notify_settings(stored: dict[str, Any], snapshot: Config) -> NotifySection:
+    """Where a resumed run's notification goes: the run's config file as it is now (a rotated webhook
+    secret, which no snapshot keeps, or a new topic applies to paused runs), else the snapshot's."""
+    try:
+        return load_config(stored.get("config")).notify
+    except InputError:
+        return snapshot.notify
+
+
 def _resume_held(run_id: str, journal: Journal, options: RunOptions, state: Path, prompt: Prompt | None,
-                 stream: TextIO | None, registry: Registry, session: AwsSession | None) -> Outcome:
+                 stream: TextIO | None, registry: Registry, session: AwsSession | None,
+                 stop: threading.Event | None = None) -> Outcome:
     record = journal.get_run(run_id)  # read again under the lock: another resume may have finished it
     if record.status not in ACTIVE:
         raise StanchError(f"run {run_id} is {record.status}; only unfinished runs can be resumed")
@@ -186,7 +213,8 @@ def _resume_held(run_id: str, journal: Journal, options: RunOptions, state: Path
                       by=options.by, reason=options.reason, max_changes=stored.get("max_changes"))
     aws_opts = AwsOptions(stored.get("region"), stored.get("profile"), stored.get("endpoint_url"))
     return _execute(record, playbook, incident, config, registry, journal, aws_opts, opts, state, prompt,
-                    stream, session, resume=True, trail=load_trail(state, run_id, journal))
+                    stream, session, resume=True, trail=load_trail(state, run_id, journal), stop=stop,
+                    notify_settings=_notify_settings(stored, config))
 
 
 def _trail_path(state: Path, run_id: str) -> Path:
@@ -380,6 +408,32 @@ def list_runs(state: Path, *, incident: str | None = None, status: str | None = 
     return [{"run_id": r.run_id, "incident_id": r.incident_id, "playbook": r.playbook, "status": r.status,
              "dry_run": r.dry_run, "created_at": r.created_at, "updated_at": r.updated_at,
              "reason": ((r.result or {}).get("cancelled") or {}).get("reason")} for r in picked]
+
+
+def get_run(state: Path, run_id: str) -> RunRecord:
+    journal = open_journal(state)
+    try:
+        return journal.get_run(run_id)
+    finally:
+        journal.close()
+
+
+def incident_runs(state: Path, incident_id: str) -> list[RunRecord]:
+    """Every run of one incident, newest first."""
+    journal = open_journal(state)
+    try:
+        return [r for r in journal.list_runs(limit=1_000_000) if r.incident_id == incident_id]
+    finally:
+        journal.close()
+
+
+def run_is_executing(state: Path, run_id: str) -> bool:
+    """True while some process (run, resume, worker) executes the run."""
+    journal = open_journal(state)
+    try:
+        return journal.is_held(run_id)
+    finally:
+        journal.close()
 
 
 def run_status(run_id: str | None, state: Path) -> list[dict[str, Any]] | dict[str, Any]:
