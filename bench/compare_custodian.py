@@ -215,13 +215,13 @@ def moto_account(sc: Scenario) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 @contextmanager
-def latency(url: str, ms: int) -> Iterator[str]:
-    if not ms:
-        yield url
-        return
+def latency(url: str, ms: int, trail: list[dict[str, Any]]) -> Iterator[str]:
+    """Both tools talk to the moto server through the project's proxy, which adds `ms` per call and
+    answers CloudTrail LookupEvents from the attack's trail (moto has no LookupEvents: its 500s
+    would cost stanch botocore's whole retry budget, a wait real CloudTrail never imposes)."""
     from tests.faultproxy import FaultProxy
 
-    with FaultProxy(url, latency_ms=ms) as proxy:
+    with FaultProxy(url, latency_ms=ms, lookup_events=trail) as proxy:
         yield str(proxy.url)
 
 
@@ -286,7 +286,7 @@ def run_custodian(exe: Path, url: str, sc: Scenario, work: Path) -> Measured:
 
 
 def measure(tool: str, sc: Scenario, latency_ms: int, exe: Path | None) -> Measured:
-    with moto_account(sc) as (url, incident), latency(url, latency_ms) as endpoint, \
+    with moto_account(sc) as (url, incident), latency(url, latency_ms, sc.trail) as endpoint, \
             tempfile.TemporaryDirectory(prefix="stanch-bench-") as tmp:
         work = Path(tmp)
         if tool == "stanch":
@@ -435,7 +435,7 @@ def main() -> None:
     for key, label, sc, ms in rows:
         if key not in args.rows:
             continue
-        if ms and not proxy:
+        if not proxy:
             result["compare"][label] = "skipped: no proxy (tests/faultproxy.py)"
             continue
         assert exe is not None

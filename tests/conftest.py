@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.motoserver import TEST_MANAGED_POLICIES, only_managed_policies
 from tests.motoserver import start as start_moto_server
@@ -26,6 +27,13 @@ from tests.motoserver import stop as stop_moto_server
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLE_INCIDENT = ROOT / "tests" / "data" / "incident-cryptojacking.json"
+
+# property tests that set no max_examples of their own take the profile's: a few dozen examples in the
+# suite (hypothesis replays any failure it found from its database first), hundreds with
+# HYPOTHESIS_PROFILE=thorough; bench/fuzz.py runs thousands
+settings.register_profile("suite", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 _HIDDEN = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "STANCH_CONFIG",
            "STANCH_JOURNAL")
@@ -39,6 +47,27 @@ def _fake_credentials(mp: pytest.MonkeyPatch) -> None:
     mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
     mp.setenv("AWS_CONFIG_FILE", os.devnull)
     mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each `xdist_group` on one worker. pytest-xdist's loadgroup groups the node ids a worker
+    collected by an `@group` suffix, which it writes to `item._nodeid`; pytest 9.2 keeps the node id
+    in `item._id` instead, so the suffix never appeared, every group was split across workers and
+    their module-scoped fixtures (one recorded containment) ran once per worker. Write the suffix
+    where this pytest reads it; nothing to do where xdist's own suffix shows."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest, where xdist's suffix works
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix) and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,6 +112,48 @@ def _parse_service_models_once() -> Iterator[None]:
         yield
     finally:
         botocore.session.Session._register_data_loader = original
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _build_clients_from_shared_parts() -> Iterator[None]:
+    """botocore builds a new service model and a new client class (a method per operation: ec2 has
+    about 600) for every client, and walks every operation for endpoint discovery. A run searching
+    every region makes ~100 clients of a few services: share each service's model between clients
+    (read-only; same loader, same model) and build its class once per boto3 session (same event
+    handlers, same class). About half of a run's CPU in the tests."""
+    import threading
+    import weakref
+
+    import botocore.client
+
+    lock = threading.Lock()
+    models: weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]] = weakref.WeakKeyDictionary()
+    classes: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], type]] = weakref.WeakKeyDictionary()
+    creator = botocore.client.ClientCreator
+    load_model, create_class = creator._load_service_model, creator._create_client_class
+
+    def shared(cache: weakref.WeakKeyDictionary[Any, dict[Any, Any]], owner: Any, key: Any, make: Any) -> Any:
+        with lock:
+            found = cache.setdefault(owner, {}).get(key)
+        if found is None:
+            found = make()
+            with lock:
+                cache[owner][key] = found
+        return found
+
+    def load_service_model(self: Any, service_name: str, api_version: str | None = None) -> Any:
+        return shared(models, self._loader, (service_name, api_version),
+                      lambda: load_model(self, service_name, api_version))
+
+    def create_client_class(self: Any, service_name: str, service_model: Any) -> type:
+        return shared(classes, self._event_emitter, (service_name, service_model.api_version),
+                      lambda: create_class(self, service_name, service_model))
+
+    creator._load_service_model, creator._create_client_class = load_service_model, create_client_class
+    try:
+        yield
+    finally:
+        creator._load_service_model, creator._create_client_class = load_model, create_class
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -159,9 +230,35 @@ def moto_server(moto_server_process: MotoServer, monkeypatch: pytest.MonkeyPatch
     moto_server_process.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server_process.url)
     config = tmp_path_factory.mktemp("config") / "two-regions.toml"
-    config.write_text('[aws]\nregions = ["us-east-1", "eu-west-1"]\n\n' + TRAIL_CONFIG)
+    config.write_text(TWO_REGIONS + "\n" + TRAIL_CONFIG)
     monkeypatch.setenv("STANCH_CONFIG", str(config))
     return moto_server_process
+
+
+#: what a test's runs search when the region search is not its subject: the home region and one more.
+#: Searching every region moto knows (~25) costs a run about a second of CPU; the all-region search
+#: has its own tests (tests/test_regions.py, the drill), and most modules still search them all
+TWO_REGIONS = '[aws]\nregions = ["us-east-1", "eu-west-1"]\n'
+
+
+@pytest.fixture
+def two_regions(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs without a --config of their own search two regions (STANCH_CONFIG); the config's path."""
+    config = tmp_path_factory.mktemp("config") / "two-regions.toml"
+    config.write_text(TWO_REGIONS)
+    monkeypatch.setenv("STANCH_CONFIG", str(config))
+    return config
+
+
+@pytest.fixture(scope="session")
+def dry_run_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`stanch drill --dry-run` run once, its output read by the tests that only look at it (mark them
+    `xdist_group("dry-run-drill")` so they share a worker and so this run)."""
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+
+    return CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path_factory.mktemp("drill"))])
 
 
 #: the organization trail's bucket in test accounts (see publish_trail)
@@ -185,12 +282,14 @@ def publish_trail(session: Any, seeded: dict[str, Any], extra: list[dict[str, An
 TRAIL_CONFIG = f'[intake]\ncloudtrail_s3_uri = "s3://{TRAIL_BUCKET}/AWSLogs/"\n'
 
 
-def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def use_attack_trail(session: Any, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                     two_regions: bool = False) -> None:
     """Publish the seeded attack's CloudTrail to the trail bucket and point this test's runs at it
-    (STANCH_CONFIG), as an account with an organization trail would be set up."""
+    (STANCH_CONFIG), as an account with an organization trail would be set up; `two_regions`: the
+    runs search two regions (TWO_REGIONS), not every one."""
     publish_trail(session, seeded)
     config = tmp_path / "trail-config.toml"
-    config.write_text(TRAIL_CONFIG)
+    config.write_text((TWO_REGIONS + "\n" if two_regions else "") + TRAIL_CONFIG)
     monkeypatch.setenv("STANCH_CONFIG", str(config))
 
 

@@ -20,6 +20,11 @@ even when its calls are concurrent):
         subprocess.run(["stanch", "run", "incident.json", "--endpoint-url", proxy.url])
         print(proxy.counts)   # {"throttle": 31, "error5xx": 8, "reset": 0, "timeout": 0}
 
+moto has no CloudTrail LookupEvents (its server answers 500, which botocore retries). Given
+`lookup_events=RECORDS` (CloudTrail records, as in a trail file), the proxy answers LookupEvents
+itself from them, as CloudTrail would: filtered by the request's region, lookup attribute
+(AccessKeyId, Username, EventName, EventSource) and time range, newest first, paginated.
+
 The proxy only ever talks to 127.0.0.1 (or localhost): it cannot be pointed at real AWS.
 """
 
@@ -45,6 +50,7 @@ READ_PREFIXES = ("Describe", "List", "Get", "Lookup", "Search", "Head", "BatchGe
                  "AssumeRole")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+_REGION = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/[^/]+/aws4_request")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "content-length"}
 
 
@@ -70,6 +76,39 @@ def service_of(headers: Any) -> str:
 #: services that speak rest-json (no X-Amz-Target; a GET has no content type to tell by)
 REST_JSON = frozenset({"scheduler", "lambda", "account", "guardduty", "eks", "batch", "apigateway", "sso",
                        "securityhub", "elasticfilesystem", "glacier", "sagemaker-geospatial"})
+
+
+def _epoch(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def lookup_events_response(records: list[dict[str, Any]], headers: Any, body: bytes) -> tuple[int, str, bytes]:
+    """CloudTrail's LookupEvents answered from `records` (see the module's docstring)."""
+    request = json.loads(body or b"{}")
+    found = _REGION.search(headers.get("Authorization") or "")
+    region = found.group(1) if found else "us-east-1"
+    fields = {"AccessKeyId": lambda r: (r.get("userIdentity") or {}).get("accessKeyId"),
+              "Username": lambda r: (r.get("userIdentity") or {}).get("userName"),
+              "EventName": lambda r: r.get("eventName"), "EventSource": lambda r: r.get("eventSource")}
+    wanted = [(a["AttributeKey"], a["AttributeValue"]) for a in request.get("LookupAttributes") or []]
+    start, end = request.get("StartTime"), request.get("EndTime")
+    hits = [r for r in records if r.get("awsRegion", "us-east-1") == region
+            and all(key in fields and fields[key](r) == value for key, value in wanted)
+            and (start is None or _epoch(r["eventTime"]) >= float(start))
+            and (end is None or _epoch(r["eventTime"]) <= float(end))]
+    hits.sort(key=lambda r: r["eventTime"], reverse=True)
+    first, size = int(request.get("NextToken") or 0), int(request.get("MaxResults") or 50)
+    page = hits[first:first + size]
+    out: dict[str, Any] = {"Events": [{
+        "EventId": r.get("eventID", ""), "EventName": r.get("eventName", ""), "ReadOnly": str(r.get("readOnly", False)),
+        "AccessKeyId": fields["AccessKeyId"](r) or "", "EventTime": _epoch(r["eventTime"]),
+        "EventSource": r.get("eventSource", ""), "Username": fields["Username"](r) or "",
+        "CloudTrailEvent": json.dumps(r)} for r in page]}
+    if first + size < len(hits):
+        out["NextToken"] = str(first + size)
+    return 200, "application/x-amz-json-1.1", json.dumps(out).encode()
 
 
 def throttling_response(headers: Any) -> tuple[int, str, bytes]:
@@ -109,7 +148,8 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, latency_ms: float = 0, throttle: float = 0, error5xx: float = 0,
                  reset: float = 0, timeout: float = 0, seed: int = 0, rules: dict[str, str] | None = None,
-                 hang_s: float = 30.0, on_write: Callable[[str, int, str], None] | None = None) -> None:
+                 hang_s: float = 30.0, on_write: Callable[[str, int, str], None] | None = None,
+                 lookup_events: list[dict[str, Any]] | None = None) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS or parts.port is None:
             raise ValueError(f"upstream must be http://127.0.0.1:PORT (a local moto server), not {upstream!r}")
@@ -125,6 +165,7 @@ class FaultProxy:
                 raise ValueError(f"rule for {op}: unknown fault {kind!r}; one of {', '.join(KINDS)}")
             self.rules[op] = (kind, int(times) if times else None)
         self.hang_s = hang_s
+        self.lookup_events = lookup_events
         #: called for every write request as (operation, its number among writes, "before" | "after")
         #: forwarding it: a test can kill the client exactly at a change boundary (raising in the
         #: "before" call drops the request unsent)
@@ -247,6 +288,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "reset":
             self._reset()
+            return
+        if operation == "LookupEvents" and owner.lookup_events is not None:
+            with owner._lock:
+                owner.forwarded[operation] += 1
+            self._reply(*lookup_events_response(owner.lookup_events, self.headers, body))
             return
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
         number = 0

@@ -21,6 +21,8 @@ from runner.drill import ADMIN, TrailWriter, _service, account_snapshot, attack_
 from tests.awshelp import network
 from tests.conftest import write_json
 
+pytestmark = pytest.mark.usefixtures("two_regions")  # attribution, not the region search, is under test
+
 NAMES = {"user": "svc-metrics", "group": "data-eng", "cluster": "nightly", "service": "etl",
          "image": "ghcr.io/someone/cpuminer-opt:v3.8"}
 ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})

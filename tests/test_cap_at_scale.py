@@ -7,12 +7,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import attack_trail, seed
 from tests.conftest import write_json
 from tests.test_attribution_e2e import account
+
+pytestmark = pytest.mark.usefixtures("two_regions")  # the cap, not the region search, is under test
 
 NAMES = {"user": "sync-000", "group": "ops-sync", "cluster": "jobs", "service": "indexer",
          "image": "docker.io/someone/xmrig-proxy:6"}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from runner.cli import app
 
 
-def test_drill_prints_the_scorecard_without_the_run_logs_by_default(tmp_path: Path) -> None:
-    out = CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path / "a")])
+@pytest.mark.xdist_group("dry-run-drill")
+def test_drill_prints_the_scorecard_without_the_run_logs_by_default(dry_run_drill: Result) -> None:
+    out = dry_run_drill
     assert out.exit_code == 0, out.output
     assert re.search(r"result +check", out.stdout) and "DRILL PASSED" in out.stdout
     assert re.search(r"scale-miner-services +ecs:UpdateService service \S+: desiredCount 2 -> 0", out.stdout)

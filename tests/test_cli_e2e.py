@@ -137,8 +137,8 @@ def test_sigkill_while_applying_then_resume_applies_each_change_once(moto_server
     db.close()
     assert status == "applying"
     killed_applied = sum(1 for e in audit(state) if e["event"] == "change.applied")
-    resumed = stanch("resume", run_id, "--approve-all", "--approve", "contain-suspects", "--output", "json",
-                     check_codes=(0,))
+    resumed = cli("resume", run_id, "--approve-all", "--approve", "contain-suspects", "--output", "json",
+                  check_codes=(0,))
     assert json.loads(resumed.stdout)["status"] == "contained"
     applied = Counter((e["step"], e["digest"]) for e in audit(state) if e["event"] == "change.applied")
     assert applied and max(applied.values()) == 1, [k for k, v in applied.items() if v > 1]

@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from runner.cli import app
@@ -39,8 +41,9 @@ def test_drill_contains_and_scores(tmp_path: Path) -> None:
     assert card["metrics"]["api_calls_total"] > 0 and card["metrics"]["time_to_contained_s"] is not None
 
 
-def test_drill_dry_run_changes_nothing(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["drill", "--dry-run", "--state-dir", str(tmp_path)])
+@pytest.mark.xdist_group("dry-run-drill")
+def test_drill_dry_run_changes_nothing(dry_run_drill: Result) -> None:
+    result = dry_run_drill
     assert result.exit_code == 0, result.output
     assert re.search(r"PASS +nothing changed in the account", result.stdout)
     assert result.stdout.index("MANUAL ACTION FIRST (root-credentials)") < result.stdout.index("Would change")

@@ -21,8 +21,10 @@ from typer.testing import CliRunner
 from runner.cli import app
 from runner.drill import attack_trail, seed
 from runner.incident import parse_time
-from tests.conftest import write_json
+from tests.conftest import TWO_REGIONS, write_json
 from tests.test_intake_e2e import NAMES, account, guardduty_finding, security_hub_event, state
+
+pytestmark = pytest.mark.usefixtures("two_regions")  # the finding's trust, not the region search, is under test
 
 FINDING_ID = "7d3e9a0c41b2f5e68a9c0d1e2f3a4b5c"
 OTHER_NAMES = {**NAMES, "user": "etl-runner", "group": "data-eng", "cluster": "analytics", "service": "spark-driver",
@@ -183,7 +185,7 @@ def test_window_beyond_max_window_days_needs_window_start(
     assert OTHER_NAMES["user"] in users and not users & {"alice", "ops-oncall", "breakglass-admin"}
     # or the limit is raised in the config
     config = tmp_path / "stanch.toml"
-    config.write_text("[discovery]\nmax_window_days = 10\n")
+    config.write_text(TWO_REGIONS + "[discovery]\nmax_window_days = 10\n")
     raised = run(tmp_path, doc, "--dry-run", "--config", str(config))
     assert raised.exit_code == 0, raised.output
     assert json.loads(raised.stdout)["scope"]["window_start"] == doc["detail"]["service"]["eventFirstSeen"]

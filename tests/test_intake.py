@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -210,28 +210,24 @@ def _total(doc: Any) -> None:
         to_incident("fuzz", doc, CONFIG, ALLOW)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(json_values, _shaped(GD_KEYS).map(lambda d: {"detail-type": "GuardDuty Finding", "detail": d}),
                  _shaped(GD_KEYS).map(lambda d: {**d, "type": "CryptoCurrency:EC2/X", "resource": {}, "accountId": "1"})))
 def test_guardduty_parser_is_total(doc: Any) -> None:
     _total(doc)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_shaped(ASFF_KEYS), max_size=3).map(
     lambda fs: {"detail-type": "Security Hub Findings - Imported", "detail": {"findings": fs}}))
 def test_security_hub_parser_is_total(doc: Any) -> None:
     _total(doc)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_shaped(CT_KEYS).map(lambda r: {"eventName": "CreateUser", **r}), max_size=6).map(
     lambda rs: {"Records": rs}))
 def test_cloudtrail_parser_is_total(doc: Any) -> None:
     _total(doc)
 
 
-@settings(max_examples=100, deadline=None)
 @given(json_values)
 def test_native_parser_is_total(doc: Any) -> None:
     _total({"kind": "cryptojacking", "account_id": doc} if not isinstance(doc, dict) else {**doc, "kind": "x",

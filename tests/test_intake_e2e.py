@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from typer.testing import CliRunner
 
 from runner.cli import app
 from runner.drill import ADMIN, account_snapshot, attack_trail, seed
 from tests.awshelp import service
 from tests.conftest import write_json
+
+pytestmark = pytest.mark.usefixtures("two_regions")  # the detection paths, not the region search, are under test
 
 SAMPLES = Path(__file__).parent / "data" / "samples"
 ROOT_KEY = "AKIAEXAMPLEROOTKEY01"

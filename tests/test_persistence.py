@@ -223,7 +223,9 @@ def supply_events(monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]],
     s3.put_object(Bucket="org-trail-persist", Key=f"AWSLogs/{ACCOUNT}/CloudTrail/us-east-1/part-1.json",
                   Body=json.dumps({"Records": events}).encode())
     config = tmp_path / "trail.toml"
-    config.write_text('[intake]\ncloudtrail_s3_uri = "s3://org-trail-persist/AWSLogs/"\n')
+    # the runs search the two regions the attack used (the all-region search has its own tests)
+    config.write_text(f'[aws]\nregions = ["us-east-1", "{WEST}"]\n\n'
+                      '[intake]\ncloudtrail_s3_uri = "s3://org-trail-persist/AWSLogs/"\n')
     monkeypatch.setenv("STANCH_CONFIG", str(config))
 
 

@@ -181,10 +181,9 @@ def test_nothing_listening_and_no_credentials_are_messages(seeded_incident: Path
 # ------------------------------------------------------------------ the run lock
 
 def paused_run(incident: Path, state: Path) -> str:
-    first = subprocess.run([*STANCH, "run", str(incident), "--output", "json", "--state-dir", str(state)],
-                           capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
-                           stdin=subprocess.DEVNULL)
-    assert first.returncode == 3, first.stderr[-2000:]
+    """A run paused at its gated steps (in this process: the resumes are what is under test)."""
+    first = CliRunner().invoke(app, ["run", str(incident), "--output", "json", "--state-dir", str(state)])
+    assert first.exit_code == 3, first.output[-2000:]
     return str(json.loads(first.stdout)["run_id"])
 
 
@@ -332,11 +331,11 @@ def test_kill_at_a_change_boundary_then_resume_applies_each_change_once(
         _, err = proc[0].communicate(timeout=300)
         assert killed.is_set() and proc[0].returncode == -signal.SIGKILL, err[-3000:]
         run_id = json.loads((state / "audit.jsonl").read_text().splitlines()[0])["run_id"]
-        resumed = subprocess.run([*STANCH, "resume", run_id, "--approve-all", "--state-dir", str(state)],
-                                 env=env, capture_output=True, text=True, timeout=300, check=False,
-                                 stdin=subprocess.DEVNULL)
+        with pytest.MonkeyPatch.context() as mp:  # the resume is a new invocation in this process
+            mp.setenv("AWS_ENDPOINT_URL", proxy.url)
+            resumed = CliRunner().invoke(app, ["resume", run_id, "--approve-all", "--state-dir", str(state)])
         sent = dict(proxy.forwarded)
-    assert resumed.returncode in (0, 5), resumed.stderr[-3000:]
+    assert resumed.exit_code in (0, 5), resumed.output[-3000:]
     assert all(n == 1 for n in applied_per_change(state).values())
     assert sent.get("UpdateAccessKey", 0) <= len(seeded_access_keys())
     assert sent.get("UpdateService", 0) == 1 and sent.get("StopTask", 0) == 2  # each sent once

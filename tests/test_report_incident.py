@@ -5,7 +5,9 @@ partial rollback; then `status` and the incident report, whose counts must match
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from runner.cli import app
 from runner.drill import seed
 from tests.conftest import use_attack_trail, write_json
 
+pytestmark = pytest.mark.xdist_group("report-incident")  # one worker, so one recorded life
+
 NAMES = {"user": "svc-metrics", "group": "obs-readers", "cluster": "analytics", "service": "etl-batch",
          "image": "registry.example.net/tools/xmrig-lite:2"}
 
@@ -25,13 +29,13 @@ def cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
 
 
-@pytest.fixture
-def life(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    data = seed(aws_managed, NAMES)
-    use_attack_trail(aws_managed, data, monkeypatch, tmp_path)
+def live(session: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Seed the account, pause a run at its gate and cancel it, then pause a second run."""
+    data = seed(session, NAMES)
+    use_attack_trail(session, data, monkeypatch, tmp_path, two_regions=True)  # runs and reports, not regions
     state = str(tmp_path / "state")
     incident = write_json(tmp_path / "incident.json", data["incident"])
-    ecs = aws_managed.client("ecs")
+    ecs = session.client("ecs")
 
     def desired() -> int:
         return int(ecs.describe_services(cluster="analytics", services=["etl-batch"])["services"][0]["desiredCount"])
@@ -46,11 +50,36 @@ def life(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert second.exit_code == 3, second.output
     run2 = json.loads(second.stdout)["run_id"]
     return {"state": state, "run1": run1, "run2": run2, "first_text": first.stdout, "desired": desired,
-            "session": aws_managed, "incident": data["incident"]}
+            "session": session, "incident": data["incident"]}
 
 
-def test_cancelled_run_is_its_own_status_with_its_reason(life: dict[str, Any]) -> None:
-    state, run1 = life["state"], life["run1"]
+@pytest.fixture
+def life(aws_managed: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """An incident's life of its own, for a test that goes on to approve, resume or roll back in AWS."""
+    return live(aws_managed, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def recorded_life(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The same life recorded once for the tests that only read the state directory (status, the plan
+    text, the report); each of them gets its own copy (`paused_life`)."""
+    from moto import mock_aws
+
+    with pytest.MonkeyPatch.context() as mp, mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+        recorded = live(boto3.Session(region_name="us-east-1"), tmp_path_factory.mktemp("life"), mp)
+    yield {k: v for k, v in recorded.items() if k not in ("desired", "session")}  # AWS is gone
+
+
+@pytest.fixture
+def paused_life(recorded_life: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """A private copy of the recorded life's state directory."""
+    state = tmp_path / "life-state"
+    shutil.copytree(recorded_life["state"], state, symlinks=True)
+    return {**recorded_life, "state": str(state)}
+
+
+def test_cancelled_run_is_its_own_status_with_its_reason(paused_life: dict[str, Any]) -> None:
+    state, run1 = paused_life["state"], paused_life["run1"]
     shown = cli("status", run1, "--state-dir", state)
     assert shown.exit_code == 1
     assert "status: cancelled" in shown.stdout and "wrong config; starting over" in shown.stdout
@@ -60,28 +89,28 @@ def test_cancelled_run_is_its_own_status_with_its_reason(life: dict[str, Any]) -
     assert again.exit_code == 2 and "already cancelled" in again.output
 
 
-def test_plan_text_names_each_object_and_its_old_and_new_value(life: dict[str, Any]) -> None:
-    text = life["first_text"]
+def test_plan_text_names_each_object_and_its_old_and_new_value(paused_life: dict[str, Any]) -> None:
+    text = paused_life["first_text"]
     assert "service analytics/etl-batch: desiredCount 2 -> 0" in text
     assert "of user svc-metrics: Active -> Inactive" in text  # the key id is on the line
     assert "console password of user svc-metrics: present -> deleted" in text
     assert "stanch approve" in text and "--all-pending" in text
 
 
-def test_status_is_a_table_filtered_by_incident_and_status(life: dict[str, Any]) -> None:
-    state = life["state"]
+def test_status_is_a_table_filtered_by_incident_and_status(paused_life: dict[str, Any]) -> None:
+    state = paused_life["state"]
     table = cli("status", "--state-dir", state).stdout
     header = next(line for line in table.splitlines() if line.strip()).split()
     assert header[:3] == ["run", "status", "incident"]
-    assert life["run1"] in table and life["run2"] in table
+    assert paused_life["run1"] in table and paused_life["run2"] in table
     assert "cancelled: wrong config; starting over" in table
     only = cli("status", "--status", "awaiting_approval", "--state-dir", state, "-o", "json")
-    assert [r["run_id"] for r in json.loads(only.stdout)] == [life["run2"]]
+    assert [r["run_id"] for r in json.loads(only.stdout)] == [paused_life["run2"]]
     cancelled = json.loads(cli("status", "--status", "cancelled", "-o", "json", "--state-dir", state).stdout)
-    assert [(r["run_id"], r["reason"]) for r in cancelled] == [(life["run1"], "wrong config; starting over")]
+    assert [(r["run_id"], r["reason"]) for r in cancelled] == [(paused_life["run1"], "wrong config; starting over")]
     assert json.loads(cli("status", "--incident", "INC-OTHER", "-o", "json", "--state-dir", state).stdout) == []
-    mine = json.loads(cli("status", "--incident", life["incident"]["id"], "-o", "json", "--state-dir", state).stdout)
-    assert {r["run_id"] for r in mine} == {life["run1"], life["run2"]}
+    mine = json.loads(cli("status", "--incident", paused_life["incident"]["id"], "-o", "json", "--state-dir", state).stdout)
+    assert {r["run_id"] for r in mine} == {paused_life["run1"], paused_life["run2"]}
 
 
 def test_approve_all_pending_then_resume_counts_time_from_the_run_start(life: dict[str, Any]) -> None:
@@ -97,7 +126,8 @@ def test_approve_all_pending_then_resume_counts_time_from_the_run_start(life: di
     ok = cli("approve", run2, "--all-pending", "--by", "dave", "--reason", "miner image confirmed", "-o", "json",
              "--state-dir", state)
     assert ok.exit_code == 0, ok.output
-    assert [a["step"] for a in json.loads(ok.stdout)["approvals"]] == ["scale-miner-services"]
+    # the stop waits only on the scale's gate: planned ahead at the pause, one --all-pending covers the chain
+    assert [a["step"] for a in json.loads(ok.stdout)["approvals"]] == ["scale-miner-services", "stop-miner-tasks"]
     resumed = cli("resume", run2, "--approve-all", "--by", "dave", "--reason", "stop the tasks too", "-o", "json",
                   "--state-dir", state)
     assert resumed.exit_code == 0, resumed.output
@@ -251,11 +281,11 @@ def test_incident_report_shows_every_run_in_order_and_counts_match_the_journal(l
         assert needle in md, needle
 
 
-def test_report_refuses_a_format_given_as_the_file(life: dict[str, Any], tmp_path: Path,
+def test_report_refuses_a_format_given_as_the_file(paused_life: dict[str, Any], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    out = cli("report", life["run1"], "-f", "html", "--state-dir", life["state"])
+    out = cli("report", paused_life["run1"], "-f", "html", "--state-dir", paused_life["state"])
     assert out.exit_code == 2 and "--output html" in out.output
     assert not (tmp_path / "html").exists()
-    ok = cli("report", life["run1"], "-o", "html", "-f", "incident.html", "--state-dir", life["state"])
+    ok = cli("report", paused_life["run1"], "-o", "html", "-f", "incident.html", "--state-dir", paused_life["state"])
     assert ok.exit_code == 0 and (tmp_path / "incident.html").read_text().startswith("<!doctype html>")

@@ -25,6 +25,8 @@ NAMES = {"user": "etl-runner", "group": "data-eng", "cluster": "analytics", "ser
          "image": "docker.io/minerd/cpuminer:2.5"}
 CONFIG = '[discovery]\nminer_patterns = ["cpuminer"]\n'
 
+pytestmark = pytest.mark.xdist_group("tamper")  # one worker, so the run is recorded once
+
 
 def invoke(*args: str) -> Any:
     return CliRunner().invoke(app, list(args))
