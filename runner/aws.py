@@ -188,8 +188,9 @@ class ReadCache:
     * a definite error (4xx such as NoSuchEntity; not throttling, not an expired token or a bad
       signature) is an answer like any other;
     * a read that AWS answered with a server error (5xx, not throttling) after every retry is not
-      asked again while the cache is on: the same error is given at once (the API is down or, in an
-      emulator, missing), as a region's LookupEvents is given up in attribution;
+      asked again with the same parameters until the run writes to that service: the same error is
+      given at once. The same operation with other parameters is still asked (one user's failing
+      read must not fail every other user's);
     * answers are copied in and out: a caller never sees another caller's changes to a response.
 
     Off by default; the engine turns it on for a run and clears it before verification, which must
@@ -203,7 +204,7 @@ class ReadCache:
         self._answers: dict[_Key, _Answer] = {}
         self._flights: dict[_Key, _Flight] = {}
         self._generation: Counter[str] = Counter()
-        self._unavailable: dict[tuple[str, str, str], _Answer] = {}
+        self._unavailable: dict[_Key, _Answer] = {}
 
     # -- control ---------------------------------------------------------------------------------
     def enable(self, on: bool = True) -> None:
@@ -230,6 +231,8 @@ class ReadCache:
                 self._generation[svc] += 1
                 for key in [k for k in self._answers if k[1] == svc]:
                     del self._answers[key]
+                for key in [k for k in self._unavailable if k[1] == svc]:
+                    del self._unavailable[key]
 
     # -- botocore event handlers -----------------------------------------------------------------
     def key_for(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
@@ -257,7 +260,7 @@ class ReadCache:
             with self._lock:
                 if not self.enabled:
                     return None
-                answer = self._answers.get(key) or self._unavailable.get(key[:3])
+                answer = self._answers.get(key) or self._unavailable.get(key)
                 if answer is None:
                     flight = self._flights.get(key)
                     if flight is None or time.monotonic() > deadline:
@@ -294,7 +297,7 @@ class ReadCache:
                     # an answer, or a definite refusal about the account's state (NoSuchEntity)
                     self._answers[key] = answer
                 elif status >= 500 and not throttled:
-                    self._unavailable[key[:3]] = answer
+                    self._unavailable[key] = answer
         if flight is not None:
             flight.done.set()
 

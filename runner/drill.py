@@ -33,7 +33,10 @@ ACCOUNT = "123456789012"
 ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 ROOT_KEY = "AKIAEXAMPLEROOTKEY01"
 _HIDDEN_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN",
-               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+               # the drill runs on the packaged defaults: a production config would send its notifications
+               # (webhook, SNS) about the fake incident and point the journal at the shared table
+               "STANCH_CONFIG", "STANCH_CONFIG_OVERLAY", "STANCH_JOURNAL")
 
 
 @contextmanager

@@ -439,6 +439,8 @@ class Engine:
             return True
         with self._lock:  # one question at a time on the terminal
             asked = self.prompt is not None and self.prompt(step, state.plan)
+            if self.prompt is not None:
+                self.aws.reads.clear()  # a person may have taken minutes: later plans read AWS afresh
         if asked:
             self.record_approval(step, state.plan, self.options.by, self.options.reason or "approved at the terminal")
             return True

@@ -173,6 +173,13 @@ def _webhook(settings: NotifySection, msg: dict[str, Any], body: bytes) -> str:
     raise ValueError(last)
 
 
+def _where(url: str) -> str:
+    """Host and port of a webhook, never the user-info (`user:token@`) a URL may carry."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{host}:{parts.port}" if parts.port else host
+
+
 def send(doc: dict[str, Any], channels: Channels, log: Any) -> list[dict[str, Any]]:
     """Send the run's notification to every configured channel; return what happened to each. Never
     raises for a channel's failure. The webhook is named by its host only (its URL may hold a token)."""
@@ -186,7 +193,7 @@ def send(doc: dict[str, Any], channels: Channels, log: Any) -> list[dict[str, An
     if settings.sns_topic_arn:
         targets.append(("sns", settings.sns_topic_arn))
     if settings.webhook_url:
-        targets.append(("webhook", urlsplit(settings.webhook_url).netloc))
+        targets.append(("webhook", _where(settings.webhook_url)))
     for channel, where in targets:
         record: dict[str, Any] = {"channel": channel, "to": where, "event": msg["status"], "at": now_iso()}
         try:

@@ -90,6 +90,8 @@ def parse_body(body: str) -> Any:
     """The JSON document a message carries, unwrapped from an SNS envelope if it is in one."""
     try:
         doc = json.loads(body)
+    except RecursionError:  # nested deeper than the parser goes: no finding looks like that
+        raise InputError("message", [Problem("", "not a finding: JSON nested too deeply")]) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError("message", [Problem("", f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
                                              if isinstance(exc, json.JSONDecodeError) else "not JSON")]) from None

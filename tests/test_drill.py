@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from runner.cli import app
 
 
-def test_drill_contains_and_scores(tmp_path: Path) -> None:
+def test_drill_contains_and_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a responder's production settings in the environment: the drill must not follow them (it would
+    # notify the SOC about a fake incident, or write to the shared journal)
+    # (a file the drill could not even read: following it would end the drill with exit 2)
+    monkeypatch.setenv("STANCH_CONFIG", str(tmp_path / "prod-stanch.toml"))
+    monkeypatch.setenv("STANCH_CONFIG_OVERLAY", "[notify\nwebhook_url = ")
+    monkeypatch.setenv("STANCH_JOURNAL", "dynamodb://prod-journal?region=us-east-1")
     result = CliRunner().invoke(app, ["drill", "--state-dir", str(tmp_path), "--output", "json"])
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout)
@@ -21,6 +27,7 @@ def test_drill_contains_and_scores(tmp_path: Path) -> None:
     checks = {c["check"]: c["ok"] for c in card["checks"]}
     assert checks["attacker's own key denied (moto IAM enforcement)"]
     assert checks["a second run of the same incident applies nothing"]
+    assert (tmp_path / "journal.sqlite3").is_file()
     assert {c["operation"] for c in card["contained"]} >= {
         "iam:UpdateAccessKey", "iam:PutUserPolicy", "iam:DeleteLoginProfile", "iam:RemoveUserFromGroup",
         "iam:DetachGroupPolicy", "ecs:UpdateService", "ecs:StopTask"}

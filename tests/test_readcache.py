@@ -138,7 +138,7 @@ def test_two_threads_asking_the_same_read_at_once_make_one_call(aws: boto3.Sessi
     assert s.call_counts() == {"iam:ListUsers": 1}
 
 
-def test_an_api_failing_with_5xx_after_its_retries_is_not_asked_again(moto_server: Any) -> None:
+def test_a_read_failing_with_5xx_after_its_retries_is_not_asked_again(moto_server: Any) -> None:
     from tests.faultproxy import FaultProxy
 
     with FaultProxy(moto_server.url, rules={"LookupEvents": "error5xx"}) as proxy:
@@ -146,15 +146,19 @@ def test_an_api_failing_with_5xx_after_its_retries_is_not_asked_again(moto_serve
                        settings=AwsSection(max_attempts=2, connect_timeout=2, read_timeout=2))
         s.reads.enable()
         ct = s.client("cloudtrail")
-        for value in ("AKIAFIRST", "AKIASECOND"):  # other parameters, same unavailable API
+        for value in ("AKIAFIRST", "AKIAFIRST"):  # the same read asked twice
             with pytest.raises(ClientError, match="ServiceUnavailable"):
                 ct.lookup_events(LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": value}])
         assert proxy.counts["error5xx"] == 2  # the first call's two attempts; the second was not sent
+        with pytest.raises(ClientError, match="ServiceUnavailable"):  # other parameters: asked (one user's
+            ct.lookup_events(  # failure must not fail every other user's read)
+                LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": "AKIASECOND"}])
+        assert proxy.counts["error5xx"] == 4
         s.client("cloudtrail", "us-west-2").describe_trails()  # other operations and regions are asked
         s.reads.clear()  # verification: asked again
         with pytest.raises(ClientError, match="ServiceUnavailable"):
             ct.lookup_events(LookupAttributes=[{"AttributeKey": "AccessKeyId", "AttributeValue": "AKIAFIRST"}])
-        assert proxy.counts["error5xx"] == 4
+        assert proxy.counts["error5xx"] == 6
 
 
 # ------------------------------------------------------------------ a whole run, cache on and off
