@@ -327,6 +327,9 @@ def approve(
                                                    metavar="STEP")] = None,
     all_pending: Annotated[bool, typer.Option("--all-pending", help="Every step awaiting approval, as "
                                               "`stanch status RUN_ID` shows them")] = False,
+    plan: Annotated[list[str] | None, typer.Option("--plan", help="STEP=DIGEST: approve STEP only if its plan is "
+                                                   "still the one `stanch status` showed (repeatable; with it, "
+                                                   "every step approved needs one)", metavar="STEP=DIGEST")] = None,
     by: ByOpt = None,
     reason: ReasonOpt = "approved with stanch approve",
     state_dir: StateDir = None,
@@ -353,10 +356,20 @@ def approve(
     if bool(step) == all_pending:
         err("stanch: give --step STEP (repeatable) or --all-pending, not both and not neither. Nothing was approved.")
         raise typer.Exit(EXIT_BAD_INPUT)
+    expect: dict[str, str] | None = None
+    if plan:
+        expect = {}
+        for item in plan:
+            name, sep, digest = item.partition("=")
+            if not sep or not name or not digest or name in expect:
+                err(f"stanch: --plan takes STEP=DIGEST, once per step (got '{item}'). Nothing was approved.")
+                raise typer.Exit(EXIT_BAD_INPUT)
+            expect[name] = digest
     queue = queue_url or load_config(config).worker.queue_url or None
     who = by or default_approver()
     state = resolve_state(state_dir)
-    records = approve_steps(run_id, None if all_pending else list(step or []), by=who, reason=reason, state=state)
+    records = approve_steps(run_id, None if all_pending else list(step or []), by=who, reason=reason, state=state,
+                            expect=expect)
     queued: str | None = None
     if queue:
         from runner.worker import Context, send_resume

@@ -92,6 +92,7 @@ class StepDoc(_Doc):
     approval: str | None = Field(default=None, exclude_if=_unset)
     verification: list[str] | None = Field(default=None, exclude_if=_unset)
     notes: list[str] | None = Field(default=None, exclude_if=_unset)
+    plan_digest: str | None = Field(default=None, exclude_if=_unset)  # of an awaiting step: `approve --plan`
 
 
 class ManualAction(_Doc):

@@ -461,6 +461,13 @@ class DynamoJournal:
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         return [self._run(i) for i in self._run_items(limit)]
 
+    def runs_of_incident(self, incident_id: str) -> list[RunRecord]:
+        """The incident's runs, newest first: a strongly consistent Query of its `run#` items (written
+        with the run, in one transaction), then each run; never the eventually consistent status index."""
+        refs = sorted(self._query(f"incident#{incident_id}", "run#"), key=lambda i: i["sk"]["S"], reverse=True)
+        items = [self._get(f"run#{ref['run_id']['S']}", "run") for ref in refs]
+        return [self._run(i) for i in items if i is not None]  # None: the run's item expired (TTL) first
+
     def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None:
         now = now_iso()
         values: Item = {":s": _s(status), ":u": _s(now), ":g": _s(f"status#{status}"), ":k": _s(f"{now}#{run_id}")}

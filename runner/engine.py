@@ -679,6 +679,7 @@ class Engine:
                 approval=("explicit" if step.approval == "explicit" else "required") if self._needs_approval(step)
                 else None,
                 verification=state.verify_failures or None, notes=plan.notes or None,
+                plan_digest=plan.digest if state.status == StepStatus.AWAITING_APPROVAL else None,
             ))
             first = self.actions[step.id].manual_first
             manual += [ManualAction(step=step.id, instructions=text, first=True if first else None)

@@ -118,6 +118,8 @@ class Journal(Protocol):
     def create_run(self, run: RunRecord, lock: bool) -> None: ...
     def get_run(self, run_id: str) -> RunRecord: ...
     def list_runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def runs_of_incident(self, incident_id: str) -> list[RunRecord]:
+        """Every run of one incident, newest first (a consistent read: the worker decides duplicates on it)."""
     def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None: ...
     def release(self, run_id: str) -> None: ...
     def save_step(self, run_id: str, step_id: str, status: str,
@@ -392,6 +394,10 @@ class SqliteJournal:
 
     def list_runs(self, limit: int = 50) -> list[RunRecord]:
         return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY created_at DESC LIMIT ?", limit)]
+
+    def runs_of_incident(self, incident_id: str) -> list[RunRecord]:
+        return [self._run(r) for r in self._rows(
+            "SELECT * FROM runs WHERE incident_id=? ORDER BY created_at DESC, rowid DESC", incident_id)]
 
     def set_run_status(self, run_id: str, status: str, result: dict[str, Any] | None = None) -> None:
         at = now_iso()

@@ -57,6 +57,12 @@ def _run_url(template: str, doc: dict[str, Any]) -> str | None:
         "{incident_id}", str(doc.get("incident_id", "")))
 
 
+def approve_flags(step: Any, plan_digest: Any) -> str:
+    """`--step S --plan S=DIGEST`: the approval holds only for the plan shown next to it."""
+    flags = f"--step {shlex.quote(str(step))}"
+    return f"{flags} --plan {shlex.quote(f'{step}={plan_digest}')}" if plan_digest else flags
+
+
 def message(doc: dict[str, Any], settings: NotifySection) -> dict[str, Any]:
     """The notification for a run document (already redacted by the caller; redacted again here)."""
     from runner.ui import change_line
@@ -70,6 +76,7 @@ def message(doc: dict[str, Any], settings: NotifySection) -> dict[str, Any]:
             continue
         pending.append({
             "step": s.get("id"), "action": s.get("action"), "approval": s.get("approval", "required"),
+            "plan_digest": s.get("plan_digest"),
             "notes": s.get("notes", []),
             "changes": [{"line": change_line(c), **{k: c.get(k) for k in ("operation", "target", "params",
                                                                           "previous")}}
@@ -79,7 +86,7 @@ def message(doc: dict[str, Any], settings: NotifySection) -> dict[str, Any]:
                if c.get("status") == "applied"]
     approve = None
     if pending:
-        flags = " ".join(f"--step {shlex.quote(str(p['step']))}" for p in pending)
+        flags = " ".join(approve_flags(p["step"], p["plan_digest"]) for p in pending)
         approve = f"stanch approve {shlex.quote(run_id)} {flags} --by YOUR_NAME --reason 'WHY'"
     failed = [f"{s.get('id')}: {s.get('error')}" for s in steps if s.get("status") == "failed"]
     summary = {

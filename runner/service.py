@@ -14,7 +14,7 @@ from runner.audit import GENESIS, AuditWriter, current_head, make_logger, redact
 from runner.aws import AwsSession
 from runner.config import Config, NotifySection, load_config
 from runner.engine import Engine, Prompt, RunOptions, exit_code, new_run_id
-from runner.errors import InputError, Problem, StanchError
+from runner.errors import InputError, Problem, RefusedError, StanchError
 from runner.incident import Incident, validate_incident
 from runner.journal import AnchorRecord, ApprovalRecord, Journal, RunRecord, now_iso, open_journal
 from runner.lifecycle import ACTIVE, RunLifecycle
@@ -257,9 +257,12 @@ def load_trail(state: Path, run_id: str, journal: Journal | None = None) -> tupl
 
 
 def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: str,
-                  state: Path) -> list[ApprovalRecord]:
+                  state: Path, expect: dict[str, str] | None = None) -> list[ApprovalRecord]:
     """Approve the named steps of a paused run, or (`step_ids=None`) every step awaiting approval,
-    each bound to the plan it showed. Unknown or not-waiting steps are refused before any is recorded."""
+    each bound to the plan it showed. Unknown or not-waiting steps are refused before any is recorded.
+    `expect` (step -> plan digest, as `stanch status` and the notification show it) binds each approval
+    to the plan the approver saw: if a step was re-planned since, or a step awaits approval that has no
+    expected digest, nothing is approved (RefusedError)."""
     journal = open_journal(state)
     try:
         record = journal.get_run(run_id)
@@ -281,6 +284,8 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
         if bad:
             raise InputError("--step", [Problem(s, f"run {run_id} has no step '{s}' awaiting approval ({hint})")
                                         for s in bad])
+        if expect is not None:
+            _check_expected_plans(run_id, wanted, steps, expect)
         log = make_logger(audit_sink(journal, state, run_id), None, run_id=run_id, incident_id=record.incident_id,
                           playbook=record.playbook, dry_run=record.dry_run)
         recorded = []
@@ -296,6 +301,31 @@ def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: s
         return recorded
     finally:
         journal.close()
+
+
+def _check_expected_plans(run_id: str, wanted: list[str], steps: dict[str, Any],
+                          expect: dict[str, str]) -> None:
+    """Refuse (before anything is recorded) unless each step to approve still holds the plan the
+    approver saw: a re-planned step has a new digest, a newly waiting step has none given."""
+    extra = [s for s in expect if s not in wanted]
+    if extra:
+        raise InputError("--plan", [Problem(s, f"step '{s}' is not being approved; --plan names only steps "
+                                               "given with --step (or awaiting, with --all-pending)") for s in extra])
+    short = [s for s, d in expect.items() if len(d) < 8 or any(ch not in "0123456789abcdef" for ch in d.lower())]
+    if short:
+        raise InputError("--plan", [Problem(s, f"'{expect[s]}' is not a plan digest (8+ hex characters, as "
+                                               "`stanch status` shows it)") for s in short])
+    stale = []
+    for step_id in wanted:
+        current = str((steps[step_id].plan or {}).get("digest", ""))
+        seen = expect.get(step_id)
+        if seen is None:
+            stale.append(f"step {step_id} awaits approval (plan {current}) but no --plan was given for it")
+        elif not current.startswith(seen.lower()):
+            stale.append(f"step {step_id} was re-planned: its plan is now {current}, not {seen}")
+    if stale:
+        raise RefusedError(f"run {run_id}: nothing was approved; " + "; ".join(stale)
+                           + f". Look at `stanch status {run_id}` again and approve what it shows now.")
 
 
 def approve_step(run_id: str, step_id: str, *, by: str, reason: str, state: Path) -> ApprovalRecord:
@@ -422,7 +452,7 @@ def incident_runs(state: Path, incident_id: str) -> list[RunRecord]:
     """Every run of one incident, newest first."""
     journal = open_journal(state)
     try:
-        return [r for r in journal.list_runs(limit=1_000_000) if r.incident_id == incident_id]
+        return journal.runs_of_incident(incident_id)
     finally:
         journal.close()
 

@@ -254,8 +254,10 @@ def render_run(out: Console, result: dict[str, Any]) -> None:
     steps.add_column("change / detail", overflow="fold")
     for step in result["steps"]:
         gate = step.get("approval") == "required" and step["status"] in ("planned", "awaiting_approval")
+        plan_tag = f"  plan {step['plan_digest']}" if step.get("plan_digest") else ""
         steps.add_row(styled(step["status"]), step["id"],
-                      Text(step.get("action", "") + ("  (approval required)" if gate else ""), style="bold"))
+                      Text(step.get("action", "") + ("  (approval required)" if gate else "") + plan_tag,
+                           style="bold"))
         for c in step.get("changes", []):
             steps.add_row(Text("  " + c.get("status", "planned"), style=STATUS_STYLES.get(c.get("status", ""), "")),
                           "", change_line(c))
@@ -298,8 +300,10 @@ def render_run(out: Console, result: dict[str, Any]) -> None:
     for a in result.get("approvals", []):
         out.print(f"  approval: {a['step']} by {a['by']} at {a['at']} ({a['reason']})", markup=False)
     if status == "awaiting_approval":
-        waiting = [s["id"] for s in result["steps"] if s["status"] == "awaiting_approval"]
-        steps_arg = " ".join(f"--step {s}" for s in waiting)
+        from runner.notify import approve_flags
+
+        waiting = [s for s in result["steps"] if s["status"] == "awaiting_approval"]
+        steps_arg = " ".join(approve_flags(s["id"], s.get("plan_digest")) for s in waiting)
         out.print(f"  approve: stanch approve {result['run_id']} {steps_arg} --by NAME --reason TEXT", markup=False)
         out.print(f"       or: stanch approve {result['run_id']} --all-pending --by NAME --reason TEXT", markup=False)
         out.print(f"  then:    stanch resume {result['run_id']}", markup=False)

@@ -324,3 +324,27 @@ def test_large_values_ttl_and_listing_without_scans(monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(client, "scan", no_scan)
         journal.list_runs()
         journal.anchors()
+
+
+def test_runs_of_incident_reads_the_incident_items_consistently_never_the_status_index() -> None:
+    from moto import mock_aws
+
+    from runner.dynamo_journal import create_table
+
+    with mock_aws():
+        client = table_client("us-east-1")
+        create_table(client, TABLE)
+        journal = DynamoJournal(TABLE, client=client)
+        for n, (incident, status) in enumerate([("INC-7", "contained"), ("INC-70", "failed"),
+                                                ("INC-7", "awaiting_approval"), ("INC-8", "contained")]):
+            at = f"2026-01-0{n + 2}T00:00:00.000Z"
+            journal.create_run(RunRecord(f"r{n}", incident, "pb", status, False, at, at, {"id": incident}, {}),
+                               lock=False)
+        calls: list[dict[str, Any]] = []
+        client.meta.events.register("provide-client-params.dynamodb.*",
+                                    lambda params, model, **_: calls.append({"op": model.name, **params}))
+        runs = journal.runs_of_incident("INC-7")
+        assert [(r.run_id, r.status) for r in runs] == [("r2", "awaiting_approval"), ("r0", "contained")]
+        assert journal.runs_of_incident("INC-9") == []
+        assert calls and not [c for c in calls if c["op"] == "Scan" or "IndexName" in c]
+        assert all(c.get("ConsistentRead") is True for c in calls if c["op"] in ("Query", "GetItem"))

@@ -417,3 +417,64 @@ def test_a_chained_plan_that_changed_after_its_need_applied_pauses_again(tmp_pat
     approve_step(run_id, "second", by="alice", reason="seen", state=tmp_path / "state")
     assert resume(tmp_path, run_id).result["status"] == "contained"
     assert world.values["b"] == "after-off"
+
+
+def test_an_approval_bound_to_a_plan_digest_refuses_a_step_re_planned_since(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runner.cli import app
+    from runner.config import NotifySection
+    from runner.notify import message
+    from runner.service import open_journal
+
+    fakes.reset({"a": "on", "b": "x"})
+    pb = pb_file(tmp_path, "  - id: first\n    action: fake.set\n    approval: required\n    with: {keys: [a]}\n"
+                           "  - id: second\n    action: fake.mark\n    approval: required\n    needs: [first]\n"
+                           "    with: {source: a, keys: [b]}\n")
+    state = tmp_path / "state"
+    out = run(tmp_path, pb)
+    run_id = out.result["run_id"]
+    seen = {s["id"]: s.get("plan_digest") for s in out.result["steps"]}  # what status and the notification show
+    assert seen["collect"] is None and len(seen["first"]) == len(seen["second"]) == 16
+    note = message(out.result, NotifySection())
+    assert f"--step second --plan second={seen['second']}" in note["approve_command"]
+    assert {p["step"]: p["plan_digest"] for p in note["awaiting_approval"]} == {"first": seen["first"],
+                                                                                "second": seen["second"]}
+    # responder 1 approves only 'first' (bound to its plan); a worker resumes; 'second' is re-planned
+    approve_steps(run_id, ["first"], by="alice", reason="ok", state=state, expect={"first": seen["first"]})
+    again = resume(tmp_path, run_id)
+    now = {s["id"]: s for s in again.result["steps"]}
+    assert again.exit_code == 3 and now["second"]["status"] == "awaiting_approval"
+    assert now["second"]["plan_digest"] != seen["second"] and "plan_digest" not in now["first"]
+    shown = run_status(run_id, state)
+    assert isinstance(shown, dict)
+    text = CliRunner().invoke(app, ["status", run_id, "--state-dir", str(state)]).output
+    assert f"second={now['second']['plan_digest']}" in text and seen["second"] not in text
+    assert {s["id"]: s.get("plan_digest") for s in shown["steps"]}["second"] == now["second"]["plan_digest"]
+
+    def approvals() -> int:
+        journal = open_journal(state)
+        try:
+            return len(journal.approvals(run_id))
+        finally:
+            journal.close()
+
+    before = approvals()
+    # responder 2 approves 'second' from the first notification: refused, nothing approved
+    stale = CliRunner().invoke(app, ["approve", run_id, "--step", "second", "--plan", f"second={seen['second']}",
+                                     "--by", "bob", "--state-dir", str(state)])
+    assert stale.exit_code == 4, stale.output
+    assert now["second"]["plan_digest"] in stale.output and "stanch status" in stale.output
+    assert approvals() == before
+    # a digest for a step not being approved, or a malformed one: bad input, nothing approved
+    for bad in (["--plan", f"first={seen['first']}"], ["--plan", "second=zz"], ["--plan", "second"]):
+        res = CliRunner().invoke(app, ["approve", run_id, "--step", "second", *bad, "--state-dir", str(state)])
+        assert res.exit_code == 2, (bad, res.output)
+    assert approvals() == before
+    # the digest `stanch status` shows now (its 12-character prefix is enough) is approved
+    ok = CliRunner().invoke(app, ["approve", run_id, "--step", "second", "--plan",
+                                  f"second={now['second']['plan_digest'][:12]}", "--by", "bob",
+                                  "--state-dir", str(state)])
+    assert ok.exit_code == 0, ok.output
+    assert f"plan {now['second']['plan_digest']}" in ok.output and approvals() == before + 1
+    assert resume(tmp_path, run_id).result["status"] == "contained"
