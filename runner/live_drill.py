@@ -196,7 +196,9 @@ def run_live_drill(session: AwsSession, config: Config, targets: DrillTargets,
         if member is None:
             continue
         principal = member.identity().principal_arn
-        values = {"AWS::Partition": "aws", "AWS::AccountId": account, "ResponderRoleName": principal.split("/")[-1]}
+        values = {"AWS::Partition": "aws", "AWS::AccountId": account, "ResponderRoleName": principal.split("/")[-1],
+                  # the trail files discovery reads (member template parameter TrailBucket)
+                  "TrailBucket": config.intake.cloudtrail_s3_uri.removeprefix("s3://").partition("/")[0]}
         try:
             denied = simulate(member, principal, _probes(member_policies(found), values))
         except AWS_ERRORS as exc:

@@ -48,6 +48,9 @@ MEMBER_SELF = "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${ResponderRole
 #: every member account's responder role, as the security account's runner assumes it
 MEMBER_ROLES = "arn:${AWS::Partition}:iam::*:role/${MemberRoleName}"
 EVIDENCE_OBJECTS = "arn:${AWS::Partition}:s3:::${EvidenceBucket}/*"
+#: the trail files discovery reads ([intake] cloudtrail_s3_uri; member template parameter TrailBucket)
+TRAIL_BUCKET = "arn:${AWS::Partition}:s3:::${TrailBucket}"
+TRAIL_READS = ("s3:GetObject", "s3:ListBucket")
 RUNNER_SELF = "${WorkerRole.Arn}"
 #: the policy a template condition switches on (the Organizations role is optional)
 ORG_CONDITION = "HasOrganizationsRole"
@@ -134,8 +137,11 @@ def member_policies(found: dict[str, set[str]]) -> list[Policy]:
     member = found["member"]
     iam_writes = tuple(sorted(p for p in member if p.startswith("iam:") and not is_read_operation(p.split(":")[1])
                               and p != "iam:PassRole"))
+    trail = tuple(p for p in TRAIL_READS if p in member)
     statements = [
-        *_split(member, "Responder"),
+        *_split(member - set(trail), "Responder"),
+        # the only objects the member role reads are the organization trail's files
+        *([Statement("ReadTrailFiles", trail, (TRAIL_BUCKET, f"{TRAIL_BUCKET}/*"))] if trail else []),
         # `stanch drill --live` checks this role's own permissions
         Statement("CheckOwnPermissions", ("iam:SimulatePrincipalPolicy",), (MEMBER_SELF,)),
         # the runner's own identity is never touched: IAM enforces it as well as the engine
@@ -180,7 +186,9 @@ def render_json(pols: list[Policy], config: Config, account: str = "*") -> dict[
     out, since nothing would use it. The runner's own role ARN is '*' scoped to this account."""
     role = config.accounts.role_name or "StanchResponder"
     values = {"AWS::Partition": "aws", "AWS::AccountId": account, "ResponderRoleName": role, "MemberRoleName": role,
-              "EvidenceBucket": config.evidence.s3_bucket, "OrganizationsRoleArn": config.root.organizations_role_arn,
+              "EvidenceBucket": config.evidence.s3_bucket,
+              "TrailBucket": config.intake.cloudtrail_s3_uri.removeprefix("s3://").partition("/")[0],
+              "OrganizationsRoleArn": config.root.organizations_role_arn,
               "WorkerRole.Arn": f"arn:aws:iam::{account}:role/*"}
     out: dict[str, Any] = {}
     for pol in pols:

@@ -183,3 +183,51 @@ def test_lambda_zip_is_deterministic_and_holds_no_caches(tmp_path: Path) -> None
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for rel in build.REQUIRED:
         assert any(rel.split("/")[0] == pattern.rstrip("*") for pattern in find), rel
+
+
+def test_member_role_reads_only_the_trail_bucket() -> None:
+    doc = generated("member")["ResponderPolicy"]["Properties"]["PolicyDocument"]
+    on_everything = {a for s in doc["Statement"] if s["Resource"] == "*" for a in s["Action"]}
+    assert not {"s3:GetObject", "s3:ListBucket"} & on_everything
+    trail = {s["Sid"]: s for s in doc["Statement"]}["ReadTrailFiles"]
+    assert trail["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:s3:::${TrailBucket}"},
+                                 {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TrailBucket}/*"}]
+    assert "TrailBucket" in template("member-role.yaml")["Parameters"]
+    from runner.permissions import member_policies, render_json
+
+    reg = builtin_registry()
+    found = declared([load_playbook(n, reg) for n in PLAYBOOKS], reg)
+    base = load_config()
+
+    def with_trail(uri: str) -> Any:
+        return base.model_copy(update={"intake": base.intake.model_copy(update={"cloudtrail_s3_uri": uri})})
+
+    cfg = with_trail("s3://org-trail-logs/AWSLogs/")
+    stmts = {s["Sid"]: s for s in render_json(member_policies(found), cfg)["ResponderPolicy"]["Statement"]}
+    assert stmts["ReadTrailFiles"]["Resource"] == ["arn:aws:s3:::org-trail-logs", "arn:aws:s3:::org-trail-logs/*"]
+    cfg = with_trail("")  # no trail bucket configured: nothing reads one, nothing is granted
+    stmts = {s["Sid"]: s for s in render_json(member_policies(found), cfg)["ResponderPolicy"]["Statement"]}
+    assert "ReadTrailFiles" not in stmts
+
+
+def test_alarms_can_notify_through_the_encrypted_topic_and_the_worker_can_hand_runs_on() -> None:
+    res = template("security-account.yaml")["Resources"]
+    assert res["AlertTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlertKey"}  # not alias/aws/sns
+    key = res["AlertKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    grants = {s["Sid"]: s for s in key["KeyPolicy"]["Statement"]}
+    assert grants["AlarmsPublish"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert set(grants["AlarmsPublish"]["Action"]) == {"kms:GenerateDataKey*", "kms:Decrypt"}
+    [publish] = res["AlertTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"} and publish["Action"] == "sns:Publish"
+    assert publish["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert res["DeadLetterAlarm"]["Properties"]["AlarmActions"] == [{"Ref": "AlertTopic"}]
+    role = {s["Sid"]: s for s in res["WorkerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]}
+    assert "sqs:SendMessage" in role["Queue"]["Action"]
+    assert role["NotifyEncrypted"]["Resource"] == {"Fn::GetAtt": ["AlertKey", "Arn"]}
+    overlay = res["WorkerFunction"]["Properties"]["Environment"]["Variables"]["STANCH_CONFIG_OVERLAY"]["Fn::Sub"]
+    filled = overlay.replace("${RetentionDays}", "30").replace(
+        "${IncidentQueue}", "https://sqs.eu-west-1.amazonaws.com/111122223333/q").replace("${", "x").replace("}", "")
+    import tomllib
+
+    assert tomllib.loads(filled)["worker"]["queue_url"].endswith("/111122223333/q")

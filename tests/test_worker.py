@@ -417,6 +417,72 @@ def test_lambda_takes_an_eventbridge_event_and_an_sqs_batch_failing_only_the_bad
     assert HOOK_SECRET not in (state / "audit.jsonl").read_text()
 
 
+def test_lambda_near_its_timeout_hands_the_run_on_with_a_resume_request_not_the_visibility_timeout(
+        moto_server: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    from runner import lambda_handler
+    from runner.lambda_handler import handler
+
+    keys = account(moto_server, 1)
+    main, _ = queues(moto_server, max_receives=3)
+    other, _ = queues(moto_server, name="decoy-findings")
+    cfg = write_config(tmp_path, sequential=True)  # no [worker] queue_url: the record's ARN names the queue
+    monkeypatch.setenv("STANCH_CONFIG", str(cfg))
+    state = Path(os.environ["STANCH_STATE_DIR"])
+    sqs = moto_server.client("sqs")
+    arn = sqs.get_queue_attributes(QueueUrl=main, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    original = BaseClient._make_api_call
+    refuse_send = False
+
+    def slow_writes(self: Any, op: str, params: dict[str, Any]) -> Any:
+        if op == "UpdateAccessKey":
+            time.sleep(1.0)  # the function's time runs out during the key deactivation
+        if op == "SendMessage" and refuse_send:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not allowed"}}, op)
+        return original(self, op, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", slow_writes)
+    monkeypatch.setattr(lambda_handler, "STOP_MARGIN_S", 0.0)
+
+    class Ending:  # 0.3 s left: the run stops cleanly after the change in flight
+        def get_remaining_time_in_millis(self) -> int:
+            return 300
+
+    def record(mid: str, body: str, handle: str = "rh") -> dict[str, Any]:
+        return {"messageId": mid, "eventSource": "aws:sqs", "eventSourceARN": arn, "receiptHandle": handle,
+                "body": body}
+
+    body = json.dumps(finding("svc-00", keys["svc-00"]))
+    assert handler({"Records": [record("m-1", body)]}, Ending()) == {"batchItemFailures": []}
+    [run] = runs(state)
+    assert run["status"] in ("applying", "planning")
+    assert moto_server.client("iam").list_user_policies(UserName="svc-00")["PolicyNames"] == []
+    msgs = sqs.receive_message(QueueUrl=main, MaxNumberOfMessages=10, WaitTimeSeconds=0)["Messages"]
+    [resume] = [json.loads(m["Body"]) for m in msgs]
+    assert resume["stanch"] == "resume" and resume["run_id"] == run["run_id"]
+    assert depth(moto_server, other) == 0  # only the record's own queue
+    sqs.delete_message(QueueUrl=main, ReceiptHandle=msgs[0]["ReceiptHandle"])
+    # the next invocation takes the request and finishes the same run
+    assert handler({"Records": [record("m-2", json.dumps(resume))]}, None) == {"batchItemFailures": []}
+    [done] = runs(state)
+    assert done["run_id"] == run["run_id"] and done["status"] == "contained"
+    assert moto_server.client("iam").list_user_policies(UserName="svc-00")["PolicyNames"] == ["stanch-quarantine"]
+    assert key_status(moto_server, "decoy-ops") == {"Active"}
+
+    # the request cannot be sent: the record fails, and is visible again at once (not after 5400 s)
+    moto_server.client("iam").create_user(UserName="svc-01")
+    key = moto_server.client("iam").create_access_key(UserName="svc-01")["AccessKey"]["AccessKeyId"]
+    sqs.send_message(QueueUrl=main, MessageBody=json.dumps(finding("svc-01", key)))
+    [held] = sqs.receive_message(QueueUrl=main, VisibilityTimeout=600, AttributeNames=["All"])["Messages"]
+    refuse_send = True
+    out = handler({"Records": [record("m-3", held["Body"], held["ReceiptHandle"])]}, Ending())
+    assert out == {"batchItemFailures": [{"itemIdentifier": "m-3"}]}
+    [again] = sqs.receive_message(QueueUrl=main, WaitTimeSeconds=1)["Messages"]
+    assert again["Body"] == held["Body"]
+
+
 # ------------------------------------------------------------------ bad input
 
 def test_worker_and_notify_bad_input_is_exit_2_without_traceback(tmp_path: Path) -> None:
