@@ -335,7 +335,7 @@ def approve(
     state_dir: StateDir = None,
     queue_url: Annotated[str | None, typer.Option("--queue-url", help="Ask the workers on this SQS queue to resume "
                                                   "the run (default: [worker] queue_url in the config)")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="Config TOML ([worker] queue_url); default "
+    config: Annotated[str | None, typer.Option("--config", help="Config TOML ([worker] queue_url, [journal]); default "
                                                "$STANCH_CONFIG, else the packaged one")] = None,
     region: Annotated[str | None, typer.Option("--region", help="The queue's region, when its URL does not "
                                                "name one")] = None,
@@ -369,6 +369,7 @@ def approve(
     who = by or default_approver()
     state = resolve_state(state_dir)
     records = approve_steps(run_id, None if all_pending else list(step or []), by=who, reason=reason, state=state,
+                            config_path=config,
                             expect=expect)
     queued: str | None = None
     if queue:

@@ -257,13 +257,15 @@ def load_trail(state: Path, run_id: str, journal: Journal | None = None) -> tupl
 
 
 def approve_steps(run_id: str, step_ids: list[str] | None, *, by: str, reason: str,
-                  state: Path, expect: dict[str, str] | None = None) -> list[ApprovalRecord]:
+                  state: Path, expect: dict[str, str] | None = None,
+                  config_path: str | None = None) -> list[ApprovalRecord]:
     """Approve the named steps of a paused run, or (`step_ids=None`) every step awaiting approval,
     each bound to the plan it showed. Unknown or not-waiting steps are refused before any is recorded.
     `expect` (step -> plan digest, as `stanch status` and the notification show it) binds each approval
     to the plan the approver saw: if a step was re-planned since, or a step awaits approval that has no
-    expected digest, nothing is approved (RefusedError)."""
-    journal = open_journal(state)
+    expected digest, nothing is approved (RefusedError). `config_path` selects the journal as it does
+    for a run (a `[journal]` in that file, else STANCH_CONFIG, else the default)."""
+    journal = open_journal(state, load_config(config_path) if config_path else None)
     try:
         record = journal.get_run(run_id)
         steps = journal.steps(run_id)

@@ -187,11 +187,16 @@ def test_a_paused_member_run_is_approved_from_an_empty_machine_and_resumed_by_a_
     assert pending["step"] == GATED and [c["operation"] for c in pending["changes"]] == ["ecs:UpdateService"]
     assert f":{account}:service/" in pending["changes"][0]["target"]
 
-    # a responder on another machine: no state, no config; the table and the queue only
+    # a responder on another machine: no state; a config naming only the shared table; the queue
     empty = tmp_path / "responder"
+    laptop = tmp_path / "laptop.toml"
+    laptop.write_text(f'[journal]\nbackend = "dynamodb"\ntable = "{TABLE}"\nregion = "us-east-1"\n'
+                      f'endpoint_url = "{moto.url}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("STANCH_JOURNAL", "STANCH_CONFIG")}
     approved = subprocess.run([*STANCH, "approve", run_id, "--all-pending", "--by", "alice", "--reason", "xmrig",
-                               "--queue-url", main, "-o", "json"], capture_output=True, text=True, timeout=60,
-                              check=False, env={**os.environ, "STANCH_STATE_DIR": str(empty), "PYTHONPATH": str(ROOT)})
+                               "--queue-url", main, "--config", str(laptop), "-o", "json"], capture_output=True,
+                              text=True, timeout=60, check=False,
+                              env={**env, "STANCH_STATE_DIR": str(empty), "PYTHONPATH": str(ROOT)})
     assert approved.returncode == 0, approved.stderr
     assert json.loads(approved.stdout)["resume_message_id"] and depth(moto, main) == 1
     assert state_of(made["member"])["desired"] == 2  # the approval itself changes nothing in AWS
