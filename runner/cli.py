@@ -79,6 +79,11 @@ ApproveOpt = Annotated[list[str] | None, typer.Option("--approve", help="Pre-app
                                                       "(repeatable)", metavar="STEP")]
 ApproveAllOpt = Annotated[bool, typer.Option("--approve-all", help="Pre-approve every gated step")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who approves (recorded); default: your login")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="Config TOML; default $STANCH_CONFIG, else the "
+                                             "packaged config/stanch.toml")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="AWS profile")]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint (e.g. a moto "
+                                                 "server); also AWS_ENDPOINT_URL")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded with the approval)")]
 
 
@@ -220,12 +225,10 @@ def run(
     max_changes: Annotated[int | None, typer.Option("--max-changes", min=1, help="Raise the per-step cap "
                                                     "on changes (guardrail) for this run")] = None,
     state_dir: StateDir = None,
-    config: Annotated[str | None, typer.Option("--config", help="Config TOML; default $STANCH_CONFIG, else "
-                                               "the packaged config/stanch.toml")] = None,
+    config: ConfigOpt = None,
     region: Annotated[str | None, typer.Option("--region", help="Default: the incident's region")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint "
-                                                     "(e.g. a moto server); also AWS_ENDPOINT_URL")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
     cloudtrail: Annotated[list[str] | None, typer.Option("--cloudtrail", help="CloudTrail file(s) (Records[], "
                                                          "plain or .gz): what they attribute to the attacker "
                                                          "joins the incident's seeds", metavar="FILE")] = None,
@@ -603,13 +606,11 @@ def worker(
     wait: Annotated[int | None, typer.Option("--wait", min=0, max=20, help="Long-poll seconds per receive "
                                              "(default: [worker] wait_seconds)")] = None,
     state_dir: StateDir = None,
-    config: Annotated[str | None, typer.Option("--config", help="Config TOML; default $STANCH_CONFIG, else "
-                                               "the packaged config/stanch.toml")] = None,
+    config: ConfigOpt = None,
     region: Annotated[str | None, typer.Option("--region", help="The queue's region, when its URL does not name "
                                                "one (runs use the incident's)")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint (e.g. a moto "
-                                                     "server); also AWS_ENDPOINT_URL")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
     output: OutputOpt = Output.text,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -692,9 +693,8 @@ def drill(
                                                "the packaged config/stanch.toml")] = None,
     region: Annotated[str | None, typer.Option("--region", help="--live: home region; default "
                                                "AWS_REGION / AWS_DEFAULT_REGION")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="AWS profile")] = None,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="AWS-compatible endpoint "
-                                                     "(e.g. a moto server); also AWS_ENDPOINT_URL")] = None,
+    profile: ProfileOpt = None,
+    endpoint_url: EndpointOpt = None,
     state_dir: StateDir = None,
     output: OutputOpt = Output.text,
     quiet: QuietOpt = False,
